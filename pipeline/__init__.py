@@ -1,0 +1,1 @@
+"""Edge deployment pipeline on Apache TVM: import, quantize, tune, build, package, verify."""

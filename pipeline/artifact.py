@@ -1,0 +1,180 @@
+"""The artifact: lib.so + manifest.json + the tuning logs it was built from, in one folder.
+
+One manifest schema, versioned, typed: `Manifest.from_dict` refuses unknown or missing keys and
+other schema versions, so a reader never guesses. Folders are written to a temporary sibling
+and renamed into place: an artifact is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.logs import LOG_FILES, sha256_file
+
+SCHEMA = "edge-tvm-pipeline/artifact"
+SCHEMA_VERSION = 1
+LIB_NAME = "lib.so"
+MANIFEST_NAME = "manifest.json"
+LOGS_DIRNAME = "tuning_logs"
+ARTIFACT_ROOT = Path("artifacts")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str  # zoo | onnx | torch
+    spec: str
+    sha256: str
+    input: TensorSpec
+    output: TensorSpec
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    target: dict[str, Any]
+    rpc_key: str
+    config_sha256: str
+
+
+@dataclass(frozen=True)
+class TuningInfo:
+    trials: int
+    tuned_kernels: int
+    total_kernels: int
+    log_sha256: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Verification:
+    board: str  # the RPC key of the board that ran it
+    emulated: bool
+    max_abs_error: float
+    top1_matches_framework: bool
+    latency_ms_median: float | None  # None on emulated boards: their timings mean nothing
+    latency_ms_p90: float | None
+    framework_latency_ms_median: float | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    device: DeviceInfo
+    variant: str  # fp32 | fp16 | int8
+    toolchain: dict[str, str]  # package -> version, plus the linker's version line
+    tuning: TuningInfo
+    files: dict[str, str]  # relative path -> sha256, lib and bundled logs
+    verification: Verification | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any], where: str = "manifest") -> Manifest:
+        if raw.get("schema") != SCHEMA or raw.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"{where}: schema {raw.get('schema')} v{raw.get('schema_version')} is "
+                            f"not {SCHEMA} v{SCHEMA_VERSION}; rebuild the artifact with this "
+                            f"version of the pipeline.")
+        return _build(Manifest, raw, where)
+
+
+_NESTED = {"model": ModelInfo, "device": DeviceInfo, "tuning": TuningInfo,
+           "verification": Verification, "input": TensorSpec, "output": TensorSpec}
+
+
+def _build(cls, raw: dict[str, Any], where: str):
+    names = {f.name for f in fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise UserError(f"{where}: unknown keys {sorted(unknown)} in {cls.__name__}.")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise UserError(f"{where}: missing key '{f.name}' in {cls.__name__}.")
+            continue
+        value = raw[f.name]
+        if f.name in _NESTED and isinstance(value, dict):
+            value = _build(_NESTED[f.name], value, where)
+        elif f.name == "shape":
+            value = tuple(value)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise UserError(f"{where}: {cls.__name__} is incomplete ({err}).") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"{folder} is not an artifact: it has no {MANIFEST_NAME}.")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); the artifact is damaged.") from None
+    return Manifest.from_dict(raw, str(path))
+
+
+def check_hashes(folder: Path, manifest: Manifest) -> list[str]:
+    """The files whose content differs from the manifest's hashes (missing ones included)."""
+    bad = []
+    for rel, expected in sorted(manifest.files.items()):
+        path = folder / rel
+        if not path.is_file() or sha256_file(path) != expected:
+            bad.append(rel)
+    return bad
+
+
+def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
+                   manifest_without_files: Manifest) -> Manifest:
+    """Assemble lib, logs and manifest in a temporary sibling of `dest`, then swap it in."""
+    dest = dest.resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.with_name(f".{dest.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        shutil.copy2(lib, staging / LIB_NAME)
+        files = {LIB_NAME: sha256_file(staging / LIB_NAME)}
+        if log_folder is not None:
+            (staging / LOGS_DIRNAME).mkdir()
+            for name in LOG_FILES:
+                if (log_folder / name).exists():
+                    shutil.copy2(log_folder / name, staging / LOGS_DIRNAME / name)
+                    files[f"{LOGS_DIRNAME}/{name}"] = sha256_file(staging / LOGS_DIRNAME / name)
+        manifest = _replace(manifest_without_files, files=files)
+        tmp_manifest = staging / (MANIFEST_NAME + ".tmp")
+        tmp_manifest.write_text(manifest.to_json())
+        tmp_manifest.replace(staging / MANIFEST_NAME)
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.replace(old)
+        staging.replace(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return manifest
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(manifest: Manifest, **changes) -> Manifest:
+    from dataclasses import replace
+
+    return replace(manifest, **changes)

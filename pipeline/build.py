@@ -1,0 +1,115 @@
+"""Build: lower, apply the tuning logs, compile for the device class, export one library.
+
+`python -m pipeline.build --device D --model M` rebuilds from the committed logs without tuning.
+The same logs, model, TVM and compiler give a byte-identical library: the manifest records its
+hash and `python -m pipeline.rebuild` checks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import logs
+from pipeline.devices import DeviceConfig, available_devices, load_device
+from pipeline.errors import UserError
+from pipeline.importer import ImportedModel, import_model
+from pipeline.lowering import apply_database, lower
+from pipeline.models import ZOO_NAMES, load_model, parse_shape
+
+
+@dataclass(frozen=True)
+class BuiltLibrary:
+    path: Path
+    tuned_kernels: int  # kernels that came from the logs
+    total_kernels: int
+
+
+def build_library(imported: ImportedModel, device: DeviceConfig, log_folder: Path | None,
+                  out_path: Path) -> BuiltLibrary:
+    """Compile `imported` for `device` with the logs in `log_folder` (if any) into `out_path`."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    target = device.tvm_target()
+    lowered = lower(imported.mod, target)
+    total = _count_kernels(lowered)
+    if log_folder is not None and logs.count_records(log_folder) > 0:
+        logs.check_target(log_folder, device.target, device.name)
+        with tempfile.TemporaryDirectory() as scratch:
+            # Read-only view: JSONDatabase appends to its files, the committed logs must not move.
+            database = ms.database.JSONDatabase(
+                path_workload=_copy(log_folder / logs.WORKLOADS, scratch),
+                path_tuning_record=_copy(log_folder / logs.RECORDS, scratch))
+            applied = apply_database(lowered, target, database)
+    else:
+        applied = lowered
+    tuned = sum(1 for gv, func in applied.functions.items()
+                if isinstance(func, tvm.tirx.PrimFunc) and func.attrs
+                and func.attrs.get("tirx.is_scheduled", False))
+    executable = tvm.compile(applied, target=target)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _export(executable, out_path, device.compiler())
+    return BuiltLibrary(out_path, tuned, total)
+
+
+def _count_kernels(mod) -> int:
+    import tvm
+
+    return sum(1 for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc))
+
+
+def _copy(src: Path, folder: str) -> str:
+    dst = Path(folder) / src.name
+    dst.write_bytes(src.read_bytes() if src.exists() else b"")
+    return str(dst)
+
+
+def _export(executable, out_path: Path, compiler: str) -> None:
+    """Link to a temporary name in the same folder, then rename: never a half-written library."""
+    from tvm.support import cc
+
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    executable.export_library(str(tmp), fcompile=cc.create_shared, cc=compiler)
+    tmp.replace(out_path)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", required=True, metavar="DEVICE",
+                        help=f"device class: {', '.join(available_devices())}, or a YAML file")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help=f"zoo name ({', '.join(ZOO_NAMES)}), an .onnx file, or a PyTorch "
+                             f"factory package.module:function (needs --input-shape)")
+    parser.add_argument("--input-shape", type=_shape_arg, metavar="N,C,H,W",
+                        help="static input shape, e.g. 1,3,224,224 (default: the model's own)")
+
+
+def _shape_arg(text: str):
+    try:
+        return parse_shape(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.flow import run_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.build",
+        description="Rebuild an artifact from the committed tuning logs, with no tuning: "
+                    "compile, verify on a board through the tracker, and package.")
+    add_model_arguments(parser)
+    parser.add_argument("--tracker", metavar="HOST:PORT",
+                        help="RPC tracker of the farm to verify on (default: an embedded local "
+                             "farm, for x86 classes)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
+    args = parser.parse_args(argv)
+    return run_cli(args, tune_trials=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The main job, shared by `pipeline.tune` and `pipeline.build`:
+import -> (tune) -> build -> verify on a board -> package.
+
+Order matters: verification runs before packaging so that no artifact exists whose outputs
+were not checked against the framework on a board of its class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import logs
+from pipeline.artifact import (
+    ARTIFACT_ROOT,
+    DeviceInfo,
+    Manifest,
+    ModelInfo,
+    TensorSpec,
+    TuningInfo,
+    write_artifact,
+)
+from pipeline.build import build_library
+from pipeline.devices import DeviceConfig, load_device
+from pipeline.errors import EXIT_USER_ERROR, UserError
+from pipeline.importer import import_model
+from pipeline.logs import sha256_file
+from pipeline.lowering import lower
+from pipeline.models import LoadedModel, load_model
+from pipeline.tuning import tune
+from pipeline.verify import run_on_board, verification
+from rpc.local import local_farm
+from rpc.tracker import TrackerAddress, parse_address
+
+VARIANT = "fp32"
+TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    artifact: Path
+    manifest: Manifest
+    interrupted: bool = False
+
+
+def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
+            tracker: TrackerAddress | None, out_dir: Path | None = None,
+            log_root: Path = logs.LOG_ROOT, out=sys.stderr) -> JobResult | None:
+    """Tune up to `trials` (0: build from the logs as they are), build, verify, package.
+
+    Returns None when tuning was interrupted (the logs keep every finished trial)."""
+    folder = logs.log_dir(device.name, model.name, VARIANT, log_root)
+    print(f"importing {model.spec} ({model.source}, input {list(model.input_shape)})", file=out)
+    imported = import_model(model)
+    with _farm(device, tracker) as address:
+        if trials > 0:
+            lowered = lower(imported.mod, device.tvm_target())
+            result = tune(lowered, device, folder, trials, address, out=out)
+            if result.interrupted:
+                return None
+        print(f"building for {device.name} with the logs in {folder}", file=out)
+        with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
+            built = build_library(imported, device, folder, Path(scratch) / "lib.so")
+            print(f"  {built.tuned_kernels}/{built.total_kernels} kernels from the tuning logs",
+                  file=out)
+            x = model.sample_input()
+            reference = model.reference_output(x)
+            print(f"verifying on a '{device.rpc_key}' board via {address}", file=out)
+            run = run_on_board(built.path, address, device.rpc_key, x)
+            checked = verification(run, reference, device.rpc_key, emulated=False)
+            _require_match(checked.max_abs_error, reference, model)
+            manifest = Manifest(
+                model=ModelInfo(model.name, model.source, model.spec, model.sha256,
+                                TensorSpec(model.input_name, model.input_shape),
+                                TensorSpec("output", imported.output_shape)),
+                device=DeviceInfo(device.name, device.target, device.rpc_key,
+                                  sha256_file(device.source)),
+                variant=VARIANT, toolchain=toolchain_versions(device),
+                tuning=TuningInfo(logs.count_records(folder), built.tuned_kernels,
+                                  built.total_kernels, logs.file_hashes(folder)),
+                files={}, verification=checked)
+            dest = out_dir or ARTIFACT_ROOT / device.name / f"{model.name}-{VARIANT}"
+            manifest = write_artifact(dest, built.path, folder if folder.exists() else None,
+                                      manifest)
+    return JobResult(dest, manifest)
+
+
+def _require_match(error: float, reference: np.ndarray, model: LoadedModel) -> None:
+    tolerance = 1e-3 * float(np.max(np.abs(reference))) + 1e-4
+    if not error <= tolerance:
+        raise RuntimeError(f"the compiled {model.name} differs from the framework by {error:.3g} "
+                           f"(tolerance {tolerance:.3g}): a compiler bug, not packaged")
+
+
+@contextlib.contextmanager
+def _farm(device: DeviceConfig, tracker: TrackerAddress | None):
+    if tracker is not None:
+        yield tracker
+        return
+    if device.is_aarch64 and platform.machine() != "aarch64":
+        raise UserError(f"Device '{device.name}' is aarch64 and this machine is not: give the "
+                        f"tracker of a farm with '{device.rpc_key}' boards via --tracker HOST:PORT "
+                        f"(python -m rpc.farm up starts one, with emulated boards if need be).")
+    with local_farm(device.rpc_key) as address:
+        yield address
+
+
+def toolchain_versions(device: DeviceConfig) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in TOOLCHAIN_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    compiler = device.compiler()
+    first_line = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                check=False).stdout.splitlines()
+    versions["compiler"] = f"{compiler}: {first_line[0] if first_line else 'unknown'}"
+    return versions
+
+
+def run_cli(args: argparse.Namespace, tune_trials: int | None) -> int:
+    """Shared body of the tune/build CLIs: parse-level values in, exit status out."""
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(
+        logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    try:
+        device = load_device(args.device)
+        model = load_model(args.model, args.input_shape)
+        tracker = parse_address(args.tracker) if args.tracker else None
+        trials = device.tuning.trials if tune_trials is None else tune_trials
+        result = run_job(device, model, trials, tracker, args.out)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was packaged; finished tuning trials are in the logs",
+              file=sys.stderr)
+        return 130
+    if result is None:
+        return 130
+    check = result.manifest.verification
+    print(f"artifact: {result.artifact}")
+    if check is not None:
+        latency = (f", {check.latency_ms_median:.2f} ms median on the board"
+                   if check.latency_ms_median is not None else "")
+        print(f"verified on a '{check.board}' board: max abs error {check.max_abs_error:.2e}, "
+              f"top-1 {'matches' if check.top1_matches_framework else 'DIFFERS from'} the "
+              f"framework{latency}")
+    return 0

@@ -1,0 +1,52 @@
+"""`python -m pipeline.tune`: tune a model's kernels for a device class, then build, verify on a
+board and package the artifact. Re-running resumes from the logs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.build import add_model_arguments
+
+
+def _trials(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--trials '{text}' must be a whole number >= 0")
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.flow import run_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.tune",
+        description=(
+            "Tune MODEL's kernels for DEVICE with MetaSchedule (XGBoost cost model), measuring "
+            "candidates on boards of the class through a TVM RPC tracker, then build, verify the "
+            "artifact on a board against the framework, and package it with its logs."),
+        epilog=(
+            "Logs go to tuning_logs/<device>/<model>-<variant>/ and every measured trial is "
+            "written at once: Ctrl-C and re-run to resume. Trials already in the logs count "
+            "toward --trials, so a met budget goes straight to the build.\n\n"
+            "examples:\n"
+            "  python -m pipeline.tune --device x86-nuc --model efficientnet-lite0\n"
+            "  python -m pipeline.tune --device host --model net.onnx --trials 200\n"
+            "  python -m pipeline.tune --device arm-a53 --model tiny-cnn --tracker 127.0.0.1:9190"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--trials", type=_trials, metavar="N",
+                        help="total tuning budget, logs included (default: the device config's "
+                             "tuning.trials)")
+    parser.add_argument("--tracker", metavar="HOST:PORT",
+                        help="RPC tracker of the device farm (default: an embedded farm on "
+                             "127.0.0.1 with one board: this machine, for x86 classes)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
+    parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's own logs")
+    args = parser.parse_args(argv)
+    return run_cli(args, tune_trials=args.trials)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""MetaSchedule over RPC: tasks, builder and runner for a device class, progress, resume.
+
+Tuning is slow on small machines, so: records already in the logs count toward the budget
+(a met budget tunes nothing), every measured record is appended to the logs at once (Ctrl-C or
+a crash loses only the batch in flight), and progress says trials done/total, the best latency
+of each task, the estimated model latency and an ETA.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import logs
+from pipeline.devices import DeviceConfig
+from rpc.tracker import TrackerAddress, wait_for_boards
+
+WORK_ROOT = Path(__file__).resolve().parent.parent / "build" / "tune-work"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    folder: Path
+    trials_before: int
+    trials_after: int
+    tasks: int
+    estimated_ms: float | None  # sum over tasks of weight x best measured latency
+    interrupted: bool = False
+
+
+def export_shared(mod, compiler: str) -> str:
+    """MetaSchedule builder export: link a .so on the host with the class's (cross) compiler,
+    because boards have no compiler of their own."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ms-"), "candidate.so")
+    mod.export_library(path, fcompile=cc.create_shared, cc=compiler)
+    return path
+
+
+def extract_tasks(lowered_mod, device: DeviceConfig):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.extract_tasks(lowered_mod, device.tvm_target())
+
+
+def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: TrackerAddress,
+         emulated: bool = False, out=sys.stderr) -> TuneResult:
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for line in logs.repair(folder).dropped:
+        print(f"warning: moved a corrupt tuning record aside: {line}", file=out)
+    logs.check_target(folder, device.target, device.name)
+    before = logs.count_records(folder)
+    extracted = [t for t in extract_tasks(lowered_mod, device) if _tunable(t)]
+    database = ms.database.JSONDatabase(path_workload=str(folder / logs.WORKLOADS),
+                                        path_tuning_record=str(folder / logs.RECORDS))
+    per_task = device.tuning.trials_per_task
+    done = {t.task_name: _records_for(database, t) for t in extracted}
+    todo = [t for t in extracted if done[t.task_name] < per_task]
+    remaining = trials - before
+    progress = Progress(extracted, done, before, trials, out)
+    if remaining <= 0 or not todo:
+        print(f"tuning: budget met ({before} trials in {folder}, budget {trials}); "
+              f"nothing to tune", file=out)
+        return TuneResult(folder, before, before, len(extracted), progress.estimate_ms())
+    boards = wait_for_boards(tracker, device.rpc_key)
+    print(f"tuning {len(todo)} of {len(extracted)} tasks on {boards} '{device.rpc_key}' board(s) "
+          f"via {tracker}: {remaining} more trials (budget {trials}, {before} in the logs)",
+          file=out)
+    work_dir = WORK_ROOT / folder.parent.name / folder.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    contexts, weights = extracted_tasks_to_tune_contexts(todo, str(work_dir), seed=0)
+    interrupted = False
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+            max_trials_global=remaining, max_trials_per_task=per_task,
+            num_trials_per_iter=min(16, per_task),
+            builder=ms.builder.LocalBuilder(
+                f_export=functools.partial(export_shared, compiler=device.compiler()),
+                timeout_sec=120 if emulated else 60),
+            runner=_runner(device, tracker, boards, emulated),
+            database=database, cost_model="xgb",
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                               progress.callback()],
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: every measured trial is already in the logs; run the same command "
+              "again to resume", file=out)
+    after = logs.count_records(folder)
+    return TuneResult(folder, before, after, len(extracted), progress.estimate_ms(), interrupted)
+
+
+def _tunable(task) -> bool:
+    return not task.mod.attrs.get("tirx.is_scheduled", False)
+
+
+def _records_for(database, task) -> int:
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(mod), 1 << 20))
+
+
+def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool):
+    from tvm.s_tir import meta_schedule as ms
+
+    if emulated:  # emulated timings are meaningless: one run each, only to prove it runs
+        evaluator = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0)
+        timeout = 600
+    else:
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                              enable_cpu_cache_flush=False)
+        timeout = 60
+    config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port,
+                                 tracker_key=device.rpc_key, session_timeout_sec=timeout)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                               max_workers=max(boards, 1))
+
+
+class Progress:
+    """Trials done/total, best latency per task, estimated model latency, ETA."""
+
+    def __init__(self, tasks, done: dict[str, int], before: int, total: int, out):
+        self.names = [t.task_name for t in tasks]
+        self.weights = {t.task_name: t.weight for t in tasks}
+        self.best: dict[str, float] = {}
+        self.before, self.total, self.out = before, total, out
+        self.measured = 0
+        self.started = time.monotonic()
+
+    def estimate_ms(self) -> float | None:
+        if not self.best or len(self.best) < len(self.names):
+            return None
+        return sum(self.weights[n] * s for n, s in self.best.items()) * 1e3
+
+    def record(self, task_name: str, run_secs: list[float]) -> None:
+        self.measured += 1
+        if run_secs:
+            seconds = sum(run_secs) / len(run_secs)
+            if math.isfinite(seconds) and seconds < self.best.get(task_name, math.inf):
+                self.best[task_name] = seconds
+
+    def report(self, task_name: str) -> None:
+        done = self.before + self.measured
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.measured * max(self.total - done, 0) if self.measured else 0
+        estimate = self.estimate_ms()
+        est = f"{estimate:.2f} ms" if estimate is not None else (
+            f"? ({len(self.best)}/{len(self.names)} tasks measured)")
+        best = self.best.get(task_name)
+        best_text = f"{best * 1e3:.3f} ms" if best is not None else "none valid yet"
+        print(f"[{done}/{self.total} trials] {task_name}: best {best_text} | model est. {est} | "
+              f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", file=self.out, flush=True)
+
+    def callback(self):
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+        from tvm.ir.utils import derived_object
+
+        progress = self
+
+        @derived_object
+        class ProgressCallback(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                      runner_results) -> None:
+                name = task_scheduler.tasks_[task_id].ctx.task_name
+                for result in runner_results:
+                    secs = [float(s) for s in result.run_secs] if result.run_secs else []
+                    progress.record(name, [] if result.error_msg else secs)
+                progress.report(name)
+
+        return ProgressCallback()

@@ -1,0 +1,1 @@
+"""The device farm: a TVM RPC tracker and the boards that register with it."""
