@@ -85,6 +85,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              f"factory package.module:function (needs --input-shape)")
     parser.add_argument("--input-shape", type=_shape_arg, metavar="N,C,H,W",
                         help="static input shape, e.g. 1,3,224,224 (default: the model's own)")
+    parser.add_argument("--logs", type=Path, default=logs.LOG_ROOT, metavar="DIR",
+                        help="root of the tuning logs (default: the repository's tuning_logs/)")
 
 
 def _shape_arg(text: str):

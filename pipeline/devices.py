@@ -26,13 +26,20 @@ _TOP_KEYS = frozenset({"name", "description", "target", "cross_compiler", "rpc_k
                        "capabilities", "tuning", "emulated_cpu"})
 _TUNING_KEYS = frozenset({"trials", "trials_per_task"})
 
-# LLVM features that a CPU model implies but a hypervisor may hide, keyed by /proc/cpuinfo flag.
-# Compiling for the CPU model alone would emit instructions this machine traps on.
-_MASKABLE_X86_FEATURES = {
-    "avx512_fp16": "avx512fp16", "avx_vnni": "avxvnni", "amx_tile": "amx-tile",
-    "amx_int8": "amx-int8", "amx_bf16": "amx-bf16", "avx512_bf16": "avx512bf16",
-    "avx512_vnni": "avx512vnni", "avx512f": "avx512f", "avx512bw": "avx512bw",
+# /proc/cpuinfo flag -> LLVM feature, for the x86 extensions a CPU model may imply but this
+# machine may lack (older part, or a hypervisor that hides AVX-512-FP16 or AMX).
+_X86_FEATURES = {
+    "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512cd": "avx512cd",
+    "avx512dq": "avx512dq", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
+    "avx512ifma": "avx512ifma", "avx512vbmi": "avx512vbmi", "avx512_vbmi2": "avx512vbmi2",
+    "avx512_vnni": "avx512vnni", "avx512_bitalg": "avx512bitalg",
+    "avx512_vpopcntdq": "avx512vpopcntdq", "gfni": "gfni", "vaes": "vaes",
+    "vpclmulqdq": "vpclmulqdq", "avx512_bf16": "avx512bf16", "avx512_fp16": "avx512fp16",
+    "avx_vnni": "avxvnni", "amx_tile": "amx-tile", "amx_int8": "amx-int8", "amx_bf16": "amx-bf16",
 }
+# Newest first: the host gets the first CPU model whose implied extensions it really has.
+_X86_MODELS = ("sapphirerapids", "icelake-server", "cascadelake", "skylake-avx512", "haswell",
+               "x86-64-v2", "x86-64")
 
 
 @dataclass(frozen=True)
@@ -163,22 +170,27 @@ def _parse_target(raw: Any, fail) -> dict[str, Any]:
 
 
 def detect_host_target() -> dict[str, Any]:
-    """This machine's CPU as an LLVM target, minus the features the kernel says are missing."""
+    """This machine's CPU as an LLVM target: the newest CPU model whose extensions it has."""
     from tvm.target import codegen
 
     cpu = codegen.llvm_get_system_cpu()
-    target: dict[str, Any] = {"kind": "llvm", "mtriple": f"{os.uname().machine}-linux-gnu",
-                              "mcpu": cpu}
-    flags = _cpuinfo_flags()
-    if flags and target["mtriple"].startswith("x86_64"):
-        import tvm
+    triple = f"{os.uname().machine}-linux-gnu"
+    if triple.startswith("x86_64"):
+        cpu = _best_x86_model(cpu, _cpuinfo_flags())
+    return {"kind": "llvm", "mtriple": triple, "mcpu": cpu}
 
-        implied = codegen.llvm_get_cpu_features(tvm.target.Target(dict(target)))
-        hidden = sorted(f"-{llvm}" for flag, llvm in _MASKABLE_X86_FEATURES.items()
-                        if llvm in implied and flag not in flags)
-        if hidden:
-            target["mattr"] = hidden
-    return target
+
+def _best_x86_model(cpu: str, flags: set[str]) -> str:
+    import tvm
+    from tvm.target import codegen
+
+    if not flags:
+        return cpu
+    for model in (cpu, *_X86_MODELS):
+        implied = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": model}))
+        if all(llvm not in implied or flag in flags for flag, llvm in _X86_FEATURES.items()):
+            return model
+    return "x86-64"
 
 
 def _cpuinfo_flags() -> set[str]:

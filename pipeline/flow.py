@@ -55,10 +55,11 @@ class JobResult:
 
 def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             tracker: TrackerAddress | None, out_dir: Path | None = None,
-            log_root: Path = logs.LOG_ROOT, out=sys.stderr) -> JobResult | None:
+            log_root: Path = logs.LOG_ROOT, out=None) -> JobResult | None:
     """Tune up to `trials` (0: build from the logs as they are), build, verify, package.
 
     Returns None when tuning was interrupted (the logs keep every finished trial)."""
+    out = out or sys.stderr
     folder = logs.log_dir(device.name, model.name, VARIANT, log_root)
     print(f"importing {model.spec} ({model.source}, input {list(model.input_shape)})", file=out)
     imported = import_model(model)
@@ -136,7 +137,7 @@ def run_cli(args: argparse.Namespace, tune_trials: int | None) -> int:
         model = load_model(args.model, args.input_shape)
         tracker = parse_address(args.tracker) if args.tracker else None
         trials = device.tuning.trials if tune_trials is None else tune_trials
-        result = run_job(device, model, trials, tracker, args.out)
+        result = run_job(device, model, trials, tracker, args.out, args.logs)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

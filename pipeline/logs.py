@@ -73,7 +73,7 @@ def record_targets(folder: Path) -> set[str]:
     for line in path.read_text().splitlines():
         if line.strip():
             record = json.loads(line)[1]
-            targets.add(_canonical(tvm.target.Target(record[2]).export()))
+            targets.add(_canonical(tvm.target.Target(record[2])))
     return targets
 
 
@@ -81,7 +81,7 @@ def check_target(folder: Path, target: dict, device: str) -> None:
     """Refuse logs tuned for a target other than the device class's."""
     import tvm
 
-    wanted = _canonical(tvm.target.Target(dict(target)).export())
+    wanted = _canonical(tvm.target.Target(dict(target)))
     others = record_targets(folder) - {wanted}
     if others:
         example = json.loads(sorted(others)[0])
@@ -93,8 +93,8 @@ def check_target(folder: Path, target: dict, device: str) -> None:
             f"device class those logs belong to.")
 
 
-def _canonical(exported: dict) -> str:
-    return json.dumps(exported, sort_keys=True, default=str)
+def _canonical(target) -> str:
+    return json.dumps(json.loads(str(target)), sort_keys=True)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

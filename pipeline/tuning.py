@@ -34,6 +34,18 @@ class TuneResult:
     interrupted: bool = False
 
 
+def build_candidate(mod, target, _params):
+    """MetaSchedule builder build function: MetaSchedule's default minus its import of
+    tvm.s_tir.tensor_intrin, which takes ~35 s (it parses CUDA/ROCm/Hexagon intrinsics) in
+    every fresh builder process, i.e. once per batch: the candidates arrive already scheduled
+    (tensorized blocks included), so building them needs no registered intrinsic."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
 def export_shared(mod, compiler: str) -> str:
     """MetaSchedule builder export: link a .so on the host with the class's (cross) compiler,
     because boards have no compiler of their own."""
@@ -51,10 +63,11 @@ def extract_tasks(lowered_mod, device: DeviceConfig):
 
 
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: TrackerAddress,
-         emulated: bool = False, out=sys.stderr) -> TuneResult:
+         emulated: bool = False, out=None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
+    out = out or sys.stderr
     folder.mkdir(parents=True, exist_ok=True)
     for line in logs.repair(folder).dropped:
         print(f"warning: moved a corrupt tuning record aside: {line}", file=out)
@@ -86,10 +99,15 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
             max_trials_global=remaining, max_trials_per_task=per_task,
             num_trials_per_iter=min(16, per_task),
             builder=ms.builder.LocalBuilder(
-                f_export=functools.partial(export_shared, compiler=device.compiler()),
-                timeout_sec=120 if emulated else 60),
+                f_build=build_candidate, f_export=functools.partial(export_shared, compiler=device.compiler()),
+                timeout_sec=120 if emulated else 30),
             runner=_runner(device, tracker, boards, emulated),
             database=database, cost_model="xgb",
+            # Round-robin joins every finished batch before picking the next task, so each
+            # measured trial reaches the logs at once; the gradient scheduler holds the whole
+            # first round (hundreds of trials) in memory. With the budget at tasks x per-task
+            # cap, both allocate the same trials.
+            task_scheduler="round-robin",
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                progress.callback()],
         )
@@ -128,6 +146,10 @@ def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated
                                max_workers=max(boards, 1))
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms" if seconds >= 1e-4 else f"{seconds * 1e6:.2f} us"
+
+
 class Progress:
     """Trials done/total, best latency per task, estimated model latency, ETA."""
 
@@ -159,7 +181,7 @@ class Progress:
         est = f"{estimate:.2f} ms" if estimate is not None else (
             f"? ({len(self.best)}/{len(self.names)} tasks measured)")
         best = self.best.get(task_name)
-        best_text = f"{best * 1e3:.3f} ms" if best is not None else "none valid yet"
+        best_text = _duration(best) if best is not None else "none valid yet"
         print(f"[{done}/{self.total} trials] {task_name}: best {best_text} | model est. {est} | "
               f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", file=self.out, flush=True)
 

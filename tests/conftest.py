@@ -1,0 +1,28 @@
+"""Shared real parts: a loopback TVM tracker with an RPC server, tiny models, temp log roots."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def host_farm():
+    """A real tracker on 127.0.0.1 with one RPC server (this machine) under the key 'host'."""
+    from rpc.local import local_farm
+
+    with local_farm("host") as address:
+        yield address
+
+
+@pytest.fixture(scope="session")
+def host_device():
+    from pipeline.devices import load_device
+
+    return load_device("host")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from pipeline.models import load_model
+
+    return load_model("tiny-cnn")

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.devices import CONFIG_DIR, available_devices, detect_host_target, load_device
+from pipeline.errors import UserError
+
+
+def test_every_shipped_device_class_loads_with_a_valid_target():
+    names = available_devices()
+    assert {"arm-a53", "rpi4", "x86-nuc", "host"} <= set(names)
+    for name in names:
+        device = load_device(name)
+        target = device.tvm_target()
+        assert target.kind.name == "llvm"
+        assert device.rpc_key
+        assert device.tuning.trials_per_task >= 1
+
+
+def test_arm_a53_has_neon_but_no_dotprod_or_fp16():
+    device = load_device("arm-a53")
+    features = {k: bool(v) for k, v in device.tvm_target().attrs.items() if k.startswith("feature.")}
+    assert features["feature.has_asimd"] and not features["feature.has_dotprod"]
+    assert not features["feature.has_fp16_simd"]
+    assert "fp16" not in device.capabilities and "dotprod" not in device.capabilities
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _nuc_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = (CONFIG_DIR / "x86-nuc.yaml").read_text()
+    assert old in text
+    return _write(tmp_path, "x86-nuc", text.replace(old, new))
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path):
+    path = _nuc_with(tmp_path, "rpc_key:", "rpc_kee:")
+    with pytest.raises(UserError, match=r"x86-nuc.yaml: key 'rpc_kee' is unknown"):
+        load_device(str(path))
+
+
+def test_typo_in_target_cpu_is_caught(tmp_path):
+    path = _nuc_with(tmp_path, "mcpu: x86-64-v3", "mcpu: x86-64-v9")
+    with pytest.raises(UserError, match=r"key 'target.mcpu'.*x86-64-v9.*typo"):
+        load_device(str(path))
+
+
+def test_typo_in_target_key_is_caught(tmp_path):
+    path = _nuc_with(tmp_path, "mtriple:", "mtripel:")
+    with pytest.raises(UserError, match=r"key 'target.mtripel' is unknown"):
+        load_device(str(path))
+
+
+def test_missing_cross_compiler_names_the_key(tmp_path):
+    path = _nuc_with(tmp_path, "cross_compiler: g++", "cross_compiler: no-such-g++")
+    device = load_device(str(path))
+    with pytest.raises(UserError, match=r"x86-nuc.yaml: cross_compiler 'no-such-g\+\+'"):
+        device.compiler()
+
+
+def test_unknown_device_lists_the_known_ones():
+    with pytest.raises(UserError, match=r"Unknown device 'arm-a35'.*arm-a53.*x86-nuc"):
+        load_device("arm-a35")
+
+
+def test_unknown_capability_is_refused(tmp_path):
+    path = _nuc_with(tmp_path, "capabilities: [int8, avx2]", "capabilities: [int8, avx3]")
+    with pytest.raises(UserError, match=r"capabilities.*avx3"):
+        load_device(str(path))
+
+
+def test_host_target_only_uses_extensions_this_cpu_reports():
+    import tvm
+    from tvm.target import codegen
+
+    from pipeline.devices import _X86_FEATURES
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    target = detect_host_target()
+    implied = codegen.llvm_get_cpu_features(tvm.target.Target(target))
+    missing = [flag for flag, llvm in _X86_FEATURES.items() if llvm in implied and flag not in flags]
+    assert missing == []
+    if "avx512f" in flags:
+        assert "avx512f" in implied  # and it does not settle for less than the CPU has

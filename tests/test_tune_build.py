@@ -1,0 +1,121 @@
+"""Tune a tiny model over a real loopback tracker + RPC server, build, verify, package, rebuild."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import logs
+from pipeline.artifact import LIB_NAME, check_hashes, read_manifest
+from pipeline.errors import UserError
+from pipeline.flow import run_job
+from pipeline.importer import import_model
+from pipeline.lowering import lower
+from pipeline.rebuild import rebuild
+from pipeline.tuning import tune
+
+TRIALS = 16
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, host_device, tiny_model, host_farm):
+    """One real tuning run of tiny-cnn (16 trials) into a fresh log root, then the full job."""
+    root = tmp_path_factory.mktemp("logs")
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    result = run_job(host_device, tiny_model, TRIALS, host_farm, out, root)
+    return root, out, result
+
+
+def test_tuning_writes_measured_records_for_the_host_target(tuned, host_device, tiny_model):
+    root, _, _ = tuned
+    folder = logs.log_dir("host", tiny_model.name, "fp32", root)
+    records = [json.loads(line) for line in (folder / logs.RECORDS).read_text().splitlines()]
+    assert len(records) >= TRIALS
+    run_secs = [r[1][1] for r in records if r[1][1] and r[1][1][0] < 1e9]
+    assert run_secs and all(0 < s[0] < 1 for s in run_secs)
+    logs.check_target(folder, host_device.target, "host")  # does not raise
+
+
+def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
+    _, out, result = tuned
+    manifest = read_manifest(out)
+    assert manifest == result.manifest
+    assert check_hashes(out, manifest) == []
+    assert manifest.model.sha256 == tiny_model.sha256
+    assert manifest.tuning.trials >= TRIALS and manifest.tuning.tuned_kernels >= 1
+    check = manifest.verification
+    assert check.board == "host" and not check.emulated
+    assert check.max_abs_error < 1e-4 and check.top1_matches_framework
+    assert 0 < check.latency_ms_median < 50
+    assert (out / "tuning_logs" / logs.RECORDS).read_bytes() == (
+        logs.log_dir("host", tiny_model.name, "fp32", tuned[0]) / logs.RECORDS).read_bytes()
+    assert manifest.toolchain["apache-tvm"].startswith("0.27")
+
+
+def test_rerun_with_met_budget_tunes_nothing(tuned, host_device, tiny_model, host_farm, capsys):
+    root, _, _ = tuned
+    folder = logs.log_dir("host", tiny_model.name, "fp32", root)
+    before = (folder / logs.RECORDS).read_bytes()
+    lowered = lower(import_model(tiny_model).mod, host_device.tvm_target())
+    result = tune(lowered, host_device, folder, TRIALS, host_farm)
+    assert result.trials_before == result.trials_after >= TRIALS
+    assert (folder / logs.RECORDS).read_bytes() == before
+    assert "budget met" in capsys.readouterr().err
+
+
+def test_rebuild_is_byte_identical(tuned):
+    _, out, _ = tuned
+    report = rebuild(out)
+    assert report.identical, report
+    assert report.rebuilt_sha256 == read_manifest(out).files[LIB_NAME]
+
+
+def test_rebuild_names_a_tampered_tuning_log(tuned, tmp_path):
+    import shutil
+
+    _, out, _ = tuned
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    records = copy / "tuning_logs" / logs.RECORDS
+    records.write_text(records.read_text().replace("0.", "1.", 1))
+    with pytest.raises(UserError, match="tuning_logs/database_tuning_record.json"):
+        rebuild(copy)
+
+
+def test_logs_for_another_target_are_refused(tuned, tiny_model):
+    from pipeline.devices import load_device
+
+    root, _, _ = tuned
+    folder = logs.log_dir("host", tiny_model.name, "fp32", root)
+    nuc = load_device("x86-nuc")
+    with pytest.raises(UserError, match="tuned for another target"):
+        logs.check_target(folder, nuc.target, "x86-nuc")
+
+
+def test_truncated_last_record_is_moved_aside_and_the_rest_loads(tuned, tmp_path):
+    import shutil
+
+    root, _, _ = tuned
+    folder = tmp_path / "logs"
+    shutil.copytree(next(root.glob("host/*")), folder)
+    lines = (folder / logs.RECORDS).read_text().splitlines()
+    (folder / logs.RECORDS).write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    report = logs.repair(folder)
+    assert len(report.dropped) == 1 and f"{logs.RECORDS}:{len(lines) + 1}" in report.dropped[0]
+    assert logs.count_records(folder) == len(lines)
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(path_workload=str(folder / logs.WORKLOADS),
+                                        path_tuning_record=str(folder / logs.RECORDS))
+    assert len(database) == len(lines)
+
+
+def test_library_runs_locally_like_on_the_board(tuned, tiny_model):
+    import tvm
+    from tvm import relax
+
+    _, out, result = tuned
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / LIB_NAME)), tvm.cpu())
+    x = tiny_model.sample_input()
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, tiny_model.reference_output(x), atol=1e-4)
