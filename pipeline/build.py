@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import logs
-from pipeline.devices import DeviceConfig, available_devices, load_device
+from pipeline.devices import DeviceConfig, available_devices
 from pipeline.errors import UserError
-from pipeline.importer import ImportedModel, import_model
+from pipeline.importer import ImportedModel
 from pipeline.lowering import apply_database, lower
-from pipeline.models import ZOO_NAMES, load_model, parse_shape
+from pipeline.models import ZOO_NAMES, parse_shape
 
 
 @dataclass(frozen=True)

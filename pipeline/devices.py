@@ -122,7 +122,8 @@ def _parse(raw: dict[str, Any], path: Path) -> DeviceConfig:
         raise fail("tuning", "must be a mapping with trials and trials_per_task")
     _reject_unknown(tuning_raw, _TUNING_KEYS, "tuning.", fail)
     try:
-        tuning = Tuning(int(tuning_raw.get("trials", 0)), int(tuning_raw.get("trials_per_task", 64)))
+        tuning = Tuning(int(tuning_raw.get("trials", 0)),
+                        int(tuning_raw.get("trials_per_task", 64)))
     except (TypeError, ValueError) as err:
         raise fail("tuning", f"is invalid: {err}") from None
     caps = raw.get("capabilities", [])

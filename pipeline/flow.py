@@ -111,7 +111,7 @@ def _farm(device: DeviceConfig, tracker: TrackerAddress | None):
     if device.is_aarch64 and platform.machine() != "aarch64":
         raise UserError(f"Device '{device.name}' is aarch64 and this machine is not: give the "
                         f"tracker of a farm with '{device.rpc_key}' boards via --tracker HOST:PORT "
-                        f"(python -m rpc.farm up starts one, with emulated boards if need be).")
+                        f"(see the README: setting up a farm).")
     with local_farm(device.rpc_key) as address:
         yield address
 

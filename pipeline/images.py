@@ -1,4 +1,4 @@
-"""Natural test images that ship offline (scikit-image's samples), preprocessed for ImageNet nets."""
+"""Natural images that ship offline (scikit-image's samples), preprocessed for ImageNet nets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
 
 
 def sample_image(name: str) -> np.ndarray:
-    """An RGB uint8 image (H, W, 3) from scikit-image's bundled data, e.g. 'chelsea', 'astronaut'."""
+    """An RGB uint8 image (H, W, 3) from scikit-image's bundled data, e.g. 'chelsea'."""
     import skimage.data
 
     image = getattr(skimage.data, name)()

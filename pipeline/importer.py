@@ -27,7 +27,8 @@ def import_model(model: LoadedModel) -> ImportedModel:
     mod, params = relax.frontend.detach_params(mod)
     if params.get("main"):
         weights = list(mod["main"].params)[1:]
-        mod = relax.transform.BindParams("main", dict(zip(weights, params["main"])))(mod)
+        bindings = dict(zip(weights, params["main"], strict=True))
+        mod = relax.transform.BindParams("main", bindings)(mod)
     mod = fold_inference_constants()(mod)
     output = mod["main"].ret_ty
     if not hasattr(output, "shape"):
@@ -70,7 +71,6 @@ MIN_OPSET = 13
 def _upgrade_opset(proto):
     """Old exporters and model zoos ship opsets < 13 whose op semantics the frontend handles
     less well (Pad/Squeeze attributes, Upsample); ONNX's own converter lifts them first."""
-    import onnx
     from onnx import version_converter
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)

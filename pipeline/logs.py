@@ -85,7 +85,8 @@ def check_target(folder: Path, target: dict, device: str) -> None:
     others = record_targets(folder) - {wanted}
     if others:
         example = json.loads(sorted(others)[0])
-        brief = {k: example.get(k) for k in ("mtriple", "mcpu", "mattr", "num-cores") if k in example}
+        keys = ("mtriple", "mcpu", "mattr", "num-cores")
+        brief = {k: example.get(k) for k in keys if k in example}
         raise UserError(
             f"The tuning logs in {folder} were tuned for another target ({brief}) than device "
             f"'{device}' ({ {k: target.get(k) for k in brief} }). Applying them would build "

@@ -58,7 +58,7 @@ class LoadedModel:
     onnx_path: Path | None = None
 
     def sample_input(self, seed: int = 0) -> np.ndarray:
-        """A natural image for ImageNet-shaped inputs (so top-1 classes mean something), else noise."""
+        """A natural image for ImageNet-shaped inputs (top-1 classes then mean something)."""
         if self.input_shape[1:] == (3, 224, 224):
             from pipeline.images import imagenet_input
 
@@ -143,7 +143,8 @@ def _from_onnx(path: Path, shape: Shape | None) -> LoadedModel:
             raise UserError(f"{path}: input '{graph_input.name}' has a dynamic shape {dims}; give "
                             f"a static one with --input-shape, e.g. 1,3,224,224.")
         shape = tuple(int(d) for d in dims)
-    elif len(shape) != len(dims) or any(d not in (None, 0, s) for d, s in zip(dims, shape)):
+    elif len(shape) != len(dims) or any(
+            d not in (None, 0, s) for d, s in zip(dims, shape, strict=True)):
         raise UserError(f"Input shape {list(shape)} does not fit {path}: its input "
                         f"'{graph_input.name}' has shape {dims}.")
     return LoadedModel(path.stem, "onnx", str(path), graph_input.name, tuple(shape),
@@ -155,7 +156,8 @@ def parse_shape(text: str) -> Shape:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
-        raise UserError(f"--input-shape '{text}' is not a list of integers like 1,3,224,224.")
+        raise UserError(f"--input-shape '{text}' is not a list of integers like 1,3,224,224."
+                        ) from None
     if not shape or any(d <= 0 for d in shape):
         raise UserError(f"--input-shape '{text}' must have positive dimensions.")
     return shape

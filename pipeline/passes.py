@@ -29,7 +29,7 @@ class FoldPadIntoConv2D:
                 return expr
             if not _is_zero(pad_call):
                 return expr
-            per_axis = dict(zip(layout, zip(widths[0::2], widths[1::2])))
+            per_axis = dict(zip(layout, zip(widths[0::2], widths[1::2], strict=True), strict=True))
             if any(per_axis[a] != (0, 0) for a in layout if a not in "HW"):
                 return expr
             old = [int(p) for p in conv_call.attrs.padding]

@@ -29,7 +29,8 @@ def run_on_board(lib: Path, tracker: TrackerAddress, key: str, x: np.ndarray,
             key, priority=1, session_timeout=timeout_s)
     except (OSError, RuntimeError, TimeoutError) as err:
         raise UserError(f"Could not get a '{key}' board from the tracker at {tracker} ({err}). "
-                        f"python -m rpc.farm status shows the boards.") from None
+                        f"python -m tvm.exec.query_rpc_tracker --host {tracker.host} --port "
+                        f"{tracker.port} lists the boards.") from None
     remote.upload(str(lib))
     module = remote.load_module(lib.name)
     dev = remote.cpu()

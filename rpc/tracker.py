@@ -42,8 +42,7 @@ def tracker_summary(address: TrackerAddress) -> dict:
         raise UserError(
             f"The RPC tracker at {address} does not answer ({err}). Check that it runs: "
             f"python -m tvm.exec.query_rpc_tracker --host {address.host} --port {address.port}; "
-            f"start one with python -m rpc.farm up, or leave out --tracker to use an embedded "
-            f"local farm.") from None
+            f"or leave out --tracker to use an embedded local farm (x86 device classes).") from None
 
 
 def wait_for_boards(address: TrackerAddress, key: str, count: int = 1,
@@ -58,7 +57,7 @@ def wait_for_boards(address: TrackerAddress, key: str, count: int = 1,
             raise UserError(
                 f"No free board with key '{key}' registered at the tracker {address} within "
                 f"{timeout_s:.0f} s ({found} found). Start boards of that class (python -m "
-                f"rpc.farm status shows them) or check the device's rpc_key.")
+                f"tvm.exec.query_rpc_tracker lists them) or check the device's rpc_key.")
         time.sleep(0.5)
 
 

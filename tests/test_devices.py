@@ -19,7 +19,8 @@ def test_every_shipped_device_class_loads_with_a_valid_target():
 
 def test_arm_a53_has_neon_but_no_dotprod_or_fp16():
     device = load_device("arm-a53")
-    features = {k: bool(v) for k, v in device.tvm_target().attrs.items() if k.startswith("feature.")}
+    features = {k: bool(v) for k, v in device.tvm_target().attrs.items()
+                if k.startswith("feature.")}
     assert features["feature.has_asimd"] and not features["feature.has_dotprod"]
     assert not features["feature.has_fp16_simd"]
     assert "fp16" not in device.capabilities and "dotprod" not in device.capabilities
@@ -86,7 +87,8 @@ def test_host_target_only_uses_extensions_this_cpu_reports():
             break
     target = detect_host_target()
     implied = codegen.llvm_get_cpu_features(tvm.target.Target(target))
-    missing = [flag for flag, llvm in _X86_FEATURES.items() if llvm in implied and flag not in flags]
+    missing = [flag for flag, llvm in _X86_FEATURES.items()
+               if llvm in implied and flag not in flags]
     assert missing == []
     if "avx512f" in flags:
         assert "avx512f" in implied  # and it does not settle for less than the CPU has

@@ -1,0 +1,48 @@
+"""The README's main job on the committed tuning logs: EfficientNet-Lite0 for x86-nuc and host,
+built, verified on a board of the embedded farm, top-1 on chelsea equal to PyTorch's."""
+
+import numpy as np
+import pytest
+
+from pipeline import logs
+from pipeline.artifact import check_hashes, read_manifest
+from pipeline.devices import load_device
+from pipeline.flow import run_job
+from pipeline.models import load_model
+
+EGYPTIAN_CAT = 285
+
+
+@pytest.mark.parametrize("device_name", ["x86-nuc", "host"])
+def test_committed_logs_meet_the_default_budget(device_name):
+    """Otherwise the README's first command would start hours of tuning on a fresh machine."""
+    device = load_device(device_name)
+    folder = logs.log_dir(device_name, "efficientnet-lite0", "fp32")
+    assert logs.count_records(folder) >= device.tuning.trials
+    assert logs.repair(folder).dropped == ()
+    logs.check_target(folder, device.target, device_name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device_name", ["x86-nuc", "host"])
+def test_efficientnet_lite0_artifact_from_committed_logs(device_name, tmp_path, tmp_path_factory):
+    from rpc.local import local_farm
+
+    device = load_device(device_name)
+    model = load_model("efficientnet-lite0")
+    with local_farm(device.rpc_key) as tracker:
+        result = run_job(device, model, 0, tracker, tmp_path / "artifact")
+    manifest = read_manifest(result.artifact)
+    assert check_hashes(result.artifact, manifest) == []
+    check = manifest.verification
+    assert check.top1_matches_framework and check.max_abs_error < 1e-3
+    assert manifest.tuning.tuned_kernels >= manifest.tuning.total_kernels * 0.8
+    assert manifest.tuning.log_sha256 == logs.file_hashes(
+        logs.log_dir(device_name, "efficientnet-lite0", "fp32"))
+    # The board's output, not just the framework's, names the cat.
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(result.artifact / "lib.so")), tvm.cpu())
+    logits = vm["main"](tvm.runtime.tensor(model.sample_input())).numpy()
+    assert int(np.argmax(logits)) == EGYPTIAN_CAT
