@@ -8,11 +8,14 @@ of each task, the estimated model latency and an ETA.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +99,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
     work_dir = WORK_ROOT / folder.parent.name / folder.name
     work_dir.mkdir(parents=True, exist_ok=True)
     contexts, weights = extracted_tasks_to_tune_contexts(todo, str(work_dir), seed=0)
-    interrupted = False
-    try:
+    with _graceful_ctrl_c(progress, out):
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir),
             max_trials_global=remaining, max_trials_per_task=per_task,
@@ -118,12 +120,35 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                progress.callback()],
         )
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: every measured trial is already in the logs; run the same command "
-              "again to resume", file=out)
+    interrupted = progress.stop_requested
+    if interrupted:
+        print("interrupted: every measured trial is in the logs; run the same command again to "
+              "resume", file=out)
     after = logs.count_records(folder)
     return TuneResult(folder, before, after, len(extracted), progress.estimate_ms(), interrupted)
+
+
+@contextlib.contextmanager
+def _graceful_ctrl_c(progress: Progress, out):
+    """First Ctrl-C: finish and record the batches in flight, then stop. Second: abort now.
+
+    A KeyboardInterrupt raised inside MetaSchedule's C++ loop (through its Python callbacks)
+    crashes the process, so the first Ctrl-C only sets a flag that the measure callback acts
+    on by terminating every task; the scheduler then joins what is running and returns."""
+    def on_sigint(signum, frame):
+        progress.stop_requested = True
+        print("\nCtrl-C: stopping after the batch in flight is recorded (Ctrl-C again to abort "
+              "at once)", file=out, flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _tunable(task) -> bool:
@@ -172,6 +197,7 @@ class Progress:
         self.before, self.total, self.out = before, total, out
         self.measured = 0
         self.started = time.monotonic()
+        self.stop_requested = False
 
     def estimate_ms(self) -> float | None:
         if not self.best or len(self.best) < len(self.names):
@@ -212,5 +238,9 @@ class Progress:
                     secs = [float(s) for s in result.run_secs] if result.run_secs else []
                     progress.record(name, [] if result.error_msg else secs)
                 progress.report(name)
+                if progress.stop_requested:
+                    for other in range(len(task_scheduler.tasks_)):
+                        if not task_scheduler.tasks_[other].is_terminated:
+                            task_scheduler.terminate_task(other)
 
         return ProgressCallback()
