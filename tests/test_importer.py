@@ -129,3 +129,14 @@ def test_onnx_with_dynamic_batch_needs_a_shape(tmp_path, tiny_model):
     x = model.sample_input()
     np.testing.assert_allclose(_run(import_model(model), x), model.reference_output(x),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mobilenet-v2", "resnet-18"])
+def test_zoo_nets_compile_and_match_torch(name):
+    model = load_model(name)
+    imported = import_model(model)
+    assert {"relax.nn.batch_norm", "relax.nn.pad"}.isdisjoint(_ops(imported.mod))
+    x = model.sample_input()
+    expected = model.reference_output(x)
+    got = _run(imported, x)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
