@@ -36,30 +36,41 @@ def build_library(imported: ImportedModel, device: DeviceConfig, log_folder: Pat
 
     target = device.tvm_target()
     lowered = lower(imported.mod, target)
-    total = _count_kernels(lowered)
+    total = len(_called_kernels(lowered))
     if log_folder is not None and logs.count_records(log_folder) > 0:
         logs.check_target(log_folder, device.target, device.name)
         with tempfile.TemporaryDirectory() as scratch:
-            # Read-only view: JSONDatabase appends to its files, the committed logs must not move.
+            # A copy: JSONDatabase may append to its files and the logs must not change under
+            # a build; a line cut short (a tuner still writing, a truncated file) is set aside.
+            for name in logs.LOG_FILES:
+                _copy(log_folder / name, scratch)
+            for line in logs.repair(Path(scratch)).dropped:
+                print(f"warning: skipped a corrupt tuning record: "
+                      f"{line.replace(scratch, str(log_folder))}", file=sys.stderr)
             database = ms.database.JSONDatabase(
-                path_workload=_copy(log_folder / logs.WORKLOADS, scratch),
-                path_tuning_record=_copy(log_folder / logs.RECORDS, scratch))
+                path_workload=str(Path(scratch) / logs.WORKLOADS),
+                path_tuning_record=str(Path(scratch) / logs.RECORDS))
             applied = apply_database(lowered, target, database)
     else:
         applied = lowered
-    tuned = sum(1 for gv, func in applied.functions.items()
-                if isinstance(func, tvm.tirx.PrimFunc) and func.attrs
-                and func.attrs.get("tirx.is_scheduled", False))
+    called = _called_kernels(applied)
+    tuned = sum(1 for func in called if func.attrs and func.attrs.get("tirx.is_scheduled", False))
     executable = tvm.compile(applied, target=target)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _export(executable, out_path, device.compiler())
     return BuiltLibrary(out_path, tuned, total)
 
 
-def _count_kernels(mod) -> int:
+def _called_kernels(mod) -> list:
+    """The TIR kernels that `main` calls (helpers such as weight re-tiling are folded away)."""
     import tvm
+    from tvm import relax
 
-    return sum(1 for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc))
+    names: set[str] = set()
+    relax.analysis.post_order_visit(mod["main"], lambda e: names.add(e.args[0].name_hint)
+                                    if isinstance(e, relax.Call) and e.op.same_as(
+                                        tvm.ir.Op.get("relax.call_tir")) else None)
+    return [mod[name] for name in sorted(names)]
 
 
 def _copy(src: Path, folder: str) -> str:
