@@ -40,11 +40,9 @@ def build_library(imported: ImportedModel, device: DeviceConfig, log_folder: Pat
     if log_folder is not None and logs.count_records(log_folder) > 0:
         logs.check_target(log_folder, device.target, device.name)
         with tempfile.TemporaryDirectory() as scratch:
-            # A copy: JSONDatabase may append to its files and the logs must not change under
-            # a build; a line cut short (a tuner still writing, a truncated file) is set aside.
-            for name in logs.LOG_FILES:
-                _copy(log_folder / name, scratch)
-            for line in logs.repair(Path(scratch)).dropped:
+            # A copy: JSONDatabase may append to its files, and the logs must not change under
+            # a build; a line cut short (a truncated file) is set aside and named.
+            for line in logs.snapshot(log_folder, Path(scratch)).dropped:
                 print(f"warning: skipped a corrupt tuning record: "
                       f"{line.replace(scratch, str(log_folder))}", file=sys.stderr)
             database = ms.database.JSONDatabase(
@@ -71,12 +69,6 @@ def _called_kernels(mod) -> list:
                                     if isinstance(e, relax.Call) and e.op.same_as(
                                         tvm.ir.Op.get("relax.call_tir")) else None)
     return [mod[name] for name in sorted(names)]
-
-
-def _copy(src: Path, folder: str) -> str:
-    dst = Path(folder) / src.name
-    dst.write_bytes(src.read_bytes() if src.exists() else b"")
-    return str(dst)
 
 
 def _export(executable, out_path: Path, compiler: str) -> None:

@@ -71,7 +71,10 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
                 return None
         print(f"building for {device.name} with the logs in {folder}", file=out)
         with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
-            built = build_library(imported, device, folder, Path(scratch) / "lib.so")
+            # Build from and bundle one snapshot: a tuner may still be appending to `folder`.
+            used_logs = Path(scratch) / "logs"
+            logs.snapshot(folder, used_logs)
+            built = build_library(imported, device, used_logs, Path(scratch) / "lib.so")
             print(f"  {built.tuned_kernels}/{built.total_kernels} kernels from the tuning logs",
                   file=out)
             x = model.sample_input()
@@ -87,12 +90,11 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
                 device=DeviceInfo(device.name, device.target, device.rpc_key,
                                   sha256_file(device.source)),
                 variant=VARIANT, toolchain=toolchain_versions(device),
-                tuning=TuningInfo(logs.count_records(folder), built.tuned_kernels,
-                                  built.total_kernels, logs.file_hashes(folder)),
+                tuning=TuningInfo(logs.count_records(used_logs), built.tuned_kernels,
+                                  built.total_kernels, logs.file_hashes(used_logs)),
                 files={}, verification=checked)
             dest = out_dir or ARTIFACT_ROOT / device.name / f"{model.name}-{VARIANT}"
-            manifest = write_artifact(dest, built.path, folder if folder.exists() else None,
-                                      manifest)
+            manifest = write_artifact(dest, built.path, used_logs, manifest)
     return JobResult(dest, manifest)
 
 

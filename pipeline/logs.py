@@ -55,6 +55,16 @@ def repair(folder: Path) -> RepairReport:
     return RepairReport(tuple(dropped))
 
 
+def snapshot(folder: Path, dest: Path) -> RepairReport:
+    """Copy the logs as they are now (a tuner may still be appending) and set aside any line
+    cut short, so that what is built and what is bundled are the very same records."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in LOG_FILES:
+        source = folder / name
+        (dest / name).write_bytes(source.read_bytes() if source.exists() else b"")
+    return repair(dest)
+
+
 def count_records(folder: Path) -> int:
     path = folder / RECORDS
     if not path.exists():
