@@ -130,7 +130,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
 
 @contextlib.contextmanager
 def _graceful_ctrl_c(progress: Progress, out):
-    """First Ctrl-C: finish and record the batches in flight, then stop. Second: abort now.
+    """First Ctrl-C (or SIGTERM): record the batch in flight, then stop. Second: abort now.
 
     A KeyboardInterrupt raised inside MetaSchedule's C++ loop (through its Python callbacks)
     crashes the process, so the first Ctrl-C only sets a flag that the measure callback acts
@@ -145,10 +145,13 @@ def _graceful_ctrl_c(progress: Progress, out):
         yield
         return
     previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (a supervisor, `kill`) stops the same way, so the embedded farm is shut down too.
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _tunable(task) -> bool:
