@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -148,7 +149,12 @@ def run_cli(args: argparse.Namespace, tune_trials: int | None) -> int:
               file=sys.stderr)
         return 130
     if result is None:
-        return 130
+        # MetaSchedule's RPC runner may still hold a request for the (now stopped) embedded
+        # tracker in a worker thread that retries forever and would keep the process alive;
+        # the logs are on disk and the farm is down, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     check = result.manifest.verification
     print(f"artifact: {result.artifact}")
     if check is not None:
