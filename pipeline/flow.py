@@ -51,7 +51,6 @@ TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
 class JobResult:
     artifact: Path
     manifest: Manifest
-    interrupted: bool = False
 
 
 def run_job(device: DeviceConfig, model: LoadedModel, trials: int,

@@ -59,12 +59,6 @@ def export_shared(mod, compiler: str) -> str:
     return path
 
 
-def extract_tasks(lowered_mod, device: DeviceConfig):
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.relax_integration.extract_tasks(lowered_mod, device.tvm_target())
-
-
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: TrackerAddress,
          emulated: bool = False, out=None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
@@ -76,7 +70,8 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
         print(f"warning: moved a corrupt tuning record aside: {line}", file=out)
     logs.check_target(folder, device.target, device.name)
     before = logs.count_records(folder)
-    extracted = [t for t in extract_tasks(lowered_mod, device) if _tunable(t)]
+    extracted = [t for t in ms.relax_integration.extract_tasks(lowered_mod, device.tvm_target())
+                 if _tunable(t)]
     database = ms.database.JSONDatabase(path_workload=str(folder / logs.WORKLOADS),
                                         path_tuning_record=str(folder / logs.RECORDS))
     per_task = device.tuning.trials_per_task
