@@ -59,7 +59,7 @@ class TuningInfo:
 
 @dataclass(frozen=True)
 class Verification:
-    board: str  # the RPC key of the board that ran it
+    board: str  # the board that ran it: its farm name, or its RPC key for other servers
     emulated: bool
     max_abs_error: float
     top1_matches_framework: bool

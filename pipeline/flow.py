@@ -39,7 +39,7 @@ from pipeline.logs import sha256_file
 from pipeline.lowering import lower
 from pipeline.models import LoadedModel, load_model
 from pipeline.tuning import tune
-from pipeline.verify import run_on_board, verification
+from pipeline.verify import board_info, run_on_board, verification
 from rpc.local import local_farm
 from rpc.tracker import TrackerAddress, parse_address
 
@@ -66,7 +66,11 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
     with _farm(device, tracker) as address:
         if trials > 0:
             lowered = lower(imported.mod, device.tvm_target())
-            result = tune(lowered, device, folder, trials, address, out=out)
+            emulated = board_info(address, device.rpc_key).emulated
+            if emulated:
+                print(f"the '{device.rpc_key}' boards are emulated: candidates are checked "
+                      f"there, but their timings are not performance figures", file=out)
+            result = tune(lowered, device, folder, trials, address, emulated, out=out)
             if result.interrupted:
                 return None
         print(f"building for {device.name} with the logs in {folder}", file=out)
@@ -81,7 +85,9 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             reference = model.reference_output(x)
             print(f"verifying on a '{device.rpc_key}' board via {address}", file=out)
             run = run_on_board(built.path, address, device.rpc_key, x)
-            checked = verification(run, reference, device.rpc_key, emulated=False)
+            checked = verification(run, reference)
+            print(f"  ran on board {run.board.name}" + (" (emulated: not timed)"
+                                                        if run.board.emulated else ""), file=out)
             _require_match(checked.max_abs_error, reference, model)
             manifest = Manifest(
                 model=ModelInfo(model.name, model.source, model.spec, model.sha256,
@@ -110,12 +116,11 @@ def _farm(device: DeviceConfig, tracker: TrackerAddress | None):
     if tracker is not None:
         yield tracker
         return
-    if device.is_aarch64 and platform.machine() != "aarch64":
-        raise UserError(f"Device '{device.name}' is aarch64 and this machine is not: give the "
-                        f"tracker of a farm with '{device.rpc_key}' boards via --tracker HOST:PORT "
-                        f"(see the README: setting up a farm).")
-    with local_farm(device.rpc_key) as address:
-        yield address
+    emulated = device.is_aarch64 and platform.machine() != "aarch64"
+    print(f"no --tracker: starting an embedded farm with one {'emulated ' if emulated else ''}"
+          f"'{device.rpc_key}' board on this machine", file=sys.stderr)
+    with local_farm(device) as farm:
+        yield farm.address
 
 
 def toolchain_versions(device: DeviceConfig) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,24 +14,33 @@ from rpc.tracker import TrackerAddress
 
 
 @dataclass(frozen=True)
+class BoardInfo:
+    name: str
+    emulated: bool  # its timings are not performance figures
+
+
+@dataclass(frozen=True)
 class BoardRun:
     output: np.ndarray
     times_ms: tuple[float, ...]  # one entry per repeat, empty when not timed
+    board: BoardInfo
+
+
+def board_info(tracker: TrackerAddress, key: str, timeout_s: int = 120) -> BoardInfo:
+    """Which board of `key` answers, and whether it is emulated."""
+    return _describe(_request(tracker, key, timeout_s), key)
 
 
 def run_on_board(lib: Path, tracker: TrackerAddress, key: str, x: np.ndarray,
                  repeats: int = 30, timeout_s: int = 600) -> BoardRun:
-    """Upload `lib` to a free board of `key`, run `main(x)`, and time `repeats` runs."""
+    """Upload `lib` to a free board of `key`, run `main(x)`, and time `repeats` runs (not on
+    an emulated board, whose timings mean nothing)."""
     import tvm
-    from tvm import relax, rpc
+    from tvm import relax
 
-    try:
-        remote = rpc.connect_tracker(tracker.host, tracker.port).request(
-            key, priority=1, session_timeout=timeout_s)
-    except (OSError, RuntimeError, TimeoutError) as err:
-        raise UserError(f"Could not get a '{key}' board from the tracker at {tracker} ({err}). "
-                        f"python -m tvm.exec.query_rpc_tracker --host {tracker.host} --port "
-                        f"{tracker.port} lists the boards.") from None
+    remote = _request(tracker, key, timeout_s)
+    board = _describe(remote, key)
+    repeats = 0 if board.emulated else repeats
     remote.upload(str(lib))
     module = remote.load_module(lib.name)
     dev = remote.cpu()
@@ -43,17 +53,39 @@ def run_on_board(lib: Path, tracker: TrackerAddress, key: str, x: np.ndarray,
         timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeats,
                                   min_repeat_ms=0)
         times = tuple(float(t) * 1e3 for t in timer("main").results)
-    return BoardRun(output, times)
+    return BoardRun(output, times, board)
 
 
-def verification(run: BoardRun, reference: np.ndarray, key: str, emulated: bool,
-                 framework_ms: float | None = None) -> Verification:
+def _request(tracker: TrackerAddress, key: str, timeout_s: int):
+    from tvm import rpc
+
+    try:
+        return rpc.connect_tracker(tracker.host, tracker.port).request(
+            key, priority=1, session_timeout=timeout_s)
+    except (OSError, RuntimeError, TimeoutError) as err:
+        raise UserError(f"Could not get a '{key}' board from the tracker at {tracker} ({err}). "
+                        f"python -m tvm.exec.query_rpc_tracker --host {tracker.host} --port "
+                        f"{tracker.port} lists the boards.") from None
+
+
+def _describe(remote, key: str) -> BoardInfo:
+    """Boards started by our farm answer `edge_tvm.board_info`; any other TVM RPC server is
+    taken for a real board of its key."""
+    try:
+        info = json.loads(remote.get_function("edge_tvm.board_info")())
+    except (AttributeError, RuntimeError, ValueError):
+        return BoardInfo(key, emulated=False)
+    return BoardInfo(str(info.get("name", key)), bool(info.get("emulated", False)))
+
+
+def verification(run: BoardRun, reference: np.ndarray, framework_ms: float | None = None
+                 ) -> Verification:
     error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))
     top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
-    timed = run.times_ms and not emulated
+    timed = bool(run.times_ms) and not run.board.emulated
     return Verification(
-        board=key, emulated=emulated, max_abs_error=error, top1_matches_framework=top1,
+        board=run.board.name, emulated=run.board.emulated, max_abs_error=error, top1_matches_framework=top1,
         latency_ms_median=float(np.median(run.times_ms)) if timed else None,
         latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None,
         framework_latency_ms_median=framework_ms)

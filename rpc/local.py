@@ -1,75 +1,38 @@
-"""An embedded farm on this machine: a loopback tracker and RPC servers, as child processes.
+"""The embedded farm: with no --tracker, the pipeline starts its own on this machine.
 
-With no --tracker, tuning and verification still go through the same RPC path as on a real
-farm. Tracker and server each fork helpers, so each runs in its own session and is stopped by
-process group; otherwise a helper keeps the port after the parent dies.
+A loopback tracker and local boards of the device class (x86 classes natively, aarch64 classes
+as emulated boards under qemu), watched for health like any farm, and stopped on exit. Tuning
+and verification go through the same RPC path as on a real farm.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
+import platform
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from rpc.tracker import TrackerAddress, free_port, wait_for_boards, wait_for_port
-
-
-def start_tracker(log_dir: Path) -> tuple[subprocess.Popen, TrackerAddress]:
-    port = free_port()
-    proc = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                   "--port", str(port), "--port-end", str(port + 1)], log_dir / "tracker.log")
-    wait_for_port("127.0.0.1", port)
-    return proc, TrackerAddress("127.0.0.1", port)
-
-
-def start_server(tracker: TrackerAddress, key: str, log_path: Path,
-                 command: list[str] | None = None, env: dict[str, str] | None = None
-                 ) -> subprocess.Popen:
-    """Start a TVM RPC server (by default with this Python) that registers under `key`."""
-    port = free_port()
-    python = command or [sys.executable]
-    return _spawn([*python, "-m", "tvm.exec.rpc_server", "--tracker", str(tracker),
-                   "--key", key, "--host", "127.0.0.1", "--port", str(port),
-                   "--port-end", str(port + 1)], log_path, env=env)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+from pipeline.devices import DeviceConfig
+from rpc.farm import Farm
+from rpc.inventory import Board, Health, Inventory, TrackerConfig
+from rpc.tracker import free_port
 
 
 @contextlib.contextmanager
-def local_farm(key: str, boards: int = 1) -> Iterator[TrackerAddress]:
-    """A tracker plus `boards` RPC servers on 127.0.0.1 for the duration of the block."""
-    procs: list[subprocess.Popen] = []
+def local_farm(device: DeviceConfig, boards: int = 1, out=None) -> Iterator[Farm]:
+    """A tracker plus `boards` local boards of `device` for the duration of the block."""
+    emulated = device.is_aarch64 and platform.machine() != "aarch64"
+    inventory = Inventory(
+        TrackerConfig("127.0.0.1", free_port()), Health(),
+        tuple(Board(f"{device.name}-{i + 1}", device, None, emulated, None)
+              for i in range(boards)))
     with tempfile.TemporaryDirectory(prefix="pipeline-farm-") as tmp:
+        farm = Farm(inventory, Path(tmp), out=out or sys.stderr)
         try:
-            tracker_proc, address = start_tracker(Path(tmp))
-            procs.append(tracker_proc)
-            for i in range(boards):
-                procs.append(start_server(address, key, Path(tmp) / f"server{i}.log"))
-            wait_for_boards(address, key, boards, timeout_s=60)
-            yield address
+            farm.up()
+            with farm.watching():
+                yield farm
         finally:
-            for proc in reversed(procs):
-                stop(proc)
-
-
-def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-    try:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-    finally:
-        log.close()
+            farm.down()

@@ -6,12 +6,12 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def host_farm():
+def host_farm(host_device):
     """A real tracker on 127.0.0.1 with one RPC server (this machine) under the key 'host'."""
     from rpc.local import local_farm
 
-    with local_farm("host") as address:
-        yield address
+    with local_farm(host_device) as farm:
+        yield farm.address
 
 
 @pytest.fixture(scope="session")

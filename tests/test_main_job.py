@@ -30,8 +30,8 @@ def test_efficientnet_lite0_artifact_from_committed_logs(device_name, tmp_path, 
 
     device = load_device(device_name)
     model = load_model("efficientnet-lite0")
-    with local_farm(device.rpc_key) as tracker:
-        result = run_job(device, model, 0, tracker, tmp_path / "artifact")
+    with local_farm(device) as farm:
+        result = run_job(device, model, 0, farm.address, tmp_path / "artifact")
     manifest = read_manifest(result.artifact)
     assert check_hashes(result.artifact, manifest) == []
     check = manifest.verification
