@@ -85,7 +85,8 @@ def verification(run: BoardRun, reference: np.ndarray, framework_ms: float | Non
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
     timed = bool(run.times_ms) and not run.board.emulated
     return Verification(
-        board=run.board.name, emulated=run.board.emulated, max_abs_error=error, top1_matches_framework=top1,
+        board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
+        top1_matches_framework=top1,
         latency_ms_median=float(np.median(run.times_ms)) if timed else None,
         latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None,
         framework_latency_ms_median=framework_ms)

@@ -85,12 +85,20 @@ class Farm:
 
     def up(self, wait: bool = True) -> None:
         with self._lock:
-            self._start_tracker()
-            for board in self.inventory.boards:
-                current = self.state.boards.get(board.name)
-                if current is None or current.quarantined or not self._alive(board, current):
-                    self._start_board(board, failures=[])
-            self._save_state()
+            fresh = not (self.state.tracker_pid and _local_alive(self.state.tracker_pid))
+            try:
+                self._start_tracker()
+                for board in self.inventory.boards:
+                    current = self.state.boards.get(board.name)
+                    if current is None or current.quarantined or not self._alive(board, current):
+                        self._start_board(board, failures=[])
+            except BaseException:
+                if fresh:  # leave nothing half-started behind
+                    self.down()
+                raise
+            finally:
+                if self.state.tracker_pid:
+                    self._save_state()
         if wait:
             self.wait_until_registered()
 
@@ -338,7 +346,10 @@ def _local_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie still answers kill 0 where PID 1 does not reap (containers)
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
 
 
 def _kill_group(pid: int) -> None:

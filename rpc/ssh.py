@@ -138,7 +138,9 @@ class Board:
         return int(pid)
 
     def is_alive(self, pid: int) -> bool:
-        return self.run(f"kill -0 {pid}").status == 0
+        # A zombie still answers kill -0 where PID 1 does not reap (containers).
+        return self.run(f"kill -0 {pid} && ! grep -qs '^State:.*Z' /proc/{pid}/status"
+                        ).status == 0
 
     def stop(self, pid: int) -> None:
         self.run(f"kill -TERM -- -{pid} 2>/dev/null; sleep 1; kill -KILL -- -{pid} 2>/dev/null; "

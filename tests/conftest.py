@@ -26,3 +26,12 @@ def tiny_model():
     from pipeline.models import load_model
 
     return load_model("tiny-cnn")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 with throw-away host and user keys (key auth only)."""
+    from tests.sshd import running_sshd
+
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
