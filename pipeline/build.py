@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser)
     parser.add_argument("--tracker", metavar="HOST:PORT",
                         help="RPC tracker of the farm to verify on (default: an embedded local "
-                             "farm, for x86 classes)")
+                             "farm: this machine, or an emulated board for ARM classes)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
     args = parser.parse_args(argv)

@@ -32,15 +32,18 @@ def main(argv: list[str] | None = None) -> int:
             "examples:\n"
             "  python -m pipeline.tune --device x86-nuc --model efficientnet-lite0\n"
             "  python -m pipeline.tune --device host --model net.onnx --trials 200\n"
-            "  python -m pipeline.tune --device arm-a53 --model tiny-cnn --tracker 127.0.0.1:9190"),
+            "  python -m rpc.farm up && "
+            "python -m pipeline.tune --device arm-a53 --model tiny-cnn --tracker 127.0.0.1:9190\n\n"
+            "Boards of ARM classes that are emulated (qemu) check results but are never timed."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--trials", type=_trials, metavar="N",
                         help="total tuning budget, logs included (default: the device config's "
                              "tuning.trials)")
     parser.add_argument("--tracker", metavar="HOST:PORT",
-                        help="RPC tracker of the device farm (default: an embedded farm on "
-                             "127.0.0.1 with one board: this machine, for x86 classes)")
+                        help="RPC tracker of the device farm (python -m rpc.farm up starts one; "
+                             "default: an embedded farm on 127.0.0.1 with one board: this "
+                             "machine for x86 classes, an emulated aarch64 board for ARM ones)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's own logs")

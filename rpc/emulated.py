@@ -74,7 +74,9 @@ def setup(root: Path = BOARDS_ROOT, out=None) -> Path:
         try:
             print(f"  arm64 Debian {DEBIAN_SUITE} base with {BOARD_PYTHON} (mmdebstrap)",
                   file=out, flush=True)
-            _run(["mmdebstrap", "--arch=arm64", "--variant=extract", "--mode=root", "--quiet",
+            _run(["mmdebstrap", "--arch=arm64", "--variant=extract", "--quiet",
+                  # root unpacks directly; others need user namespaces (unshare)
+                  "--mode=root" if os.geteuid() == 0 else "--mode=unshare",
                   f"--include={BOARD_PYTHON},libstdc++6", DEBIAN_SUITE, str(partial),
                   apt_mirror()])
             print(f"  TVM and numpy for aarch64 ({', '.join(BOARD_PACKAGES)})", file=out,

@@ -54,8 +54,9 @@ def running_sshd(folder: Path) -> Iterator[Sshd]:
         "Subsystem sftp internal-sftp", ""]))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)],
-                            stdout=open(folder / "sshd.log", "wb"), stderr=subprocess.STDOUT)
+    with open(folder / "sshd.log", "wb") as log:
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log,
+                                stderr=subprocess.STDOUT)
     try:
         wait_for_port("127.0.0.1", port, timeout_s=15)
         key_type, key_b64 = (folder / "host_key.pub").read_text().split()[:2]

@@ -1,0 +1,112 @@
+"""The farm: inventory validation, and a real tracker with emulated arm-a53 boards, one of them
+reached over SSH (a loopback sshd whose board Python is the qemu-run aarch64 one)."""
+
+import time
+
+import pytest
+import yaml
+
+from pipeline.errors import UserError
+from rpc import farm as farm_cli
+from rpc.emulated import require_ready
+from rpc.farm import Farm, class_counts
+from rpc.inventory import parse_inventory
+
+
+def _inventory(sshd, tmp_path, **health):
+    known_hosts = sshd.known_hosts(tmp_path / "known_hosts")
+    raw = {
+        "tracker": {"host": "127.0.0.1", "port": _free_port()},
+        "health": {"max_restarts": 1, "window_s": 600, "start_timeout_s": 120, **health},
+        "boards": [
+            {"name": "phone-ssh", "class": "arm-a53", "emulated": True, "rpc_port": _free_port(),
+             "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+                     "key": str(sshd.user_key), "python": str(require_ready("cortex-a53")),
+                     "workdir": str(tmp_path / "board-home"), "known_hosts": str(known_hosts),
+                     "bind": "127.0.0.1"}},
+            {"name": "phone-local", "class": "arm-a53", "emulated": True},
+        ],
+    }
+    path = tmp_path / "farm.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _free_port():
+    from rpc.tracker import free_port
+
+    return free_port()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["boards"][0].update(color="red"), "boards\\[0\\].color' is unknown"),
+    (lambda r: r["boards"].append(dict(r["boards"][0])), "appears twice"),
+    (lambda r: r["boards"][0].update({"class": "arm-a99"}), "Unknown device 'arm-a99'"),
+    (lambda r: r["boards"][0].pop("emulated"), "add `emulated: true`"),
+    (lambda r: r.update(tracker={"host": "0.0.0.0"}), "advertise' is needed"),
+    (lambda r: r["boards"][1]["ssh"].update(python="python3"), "must be an absolute path"),
+    (lambda r: r["boards"][1]["ssh"].update(key="/nonexistent/key"), "does not exist"),
+])
+def test_inventory_mistakes_are_named(change, message, tmp_path):
+    key = tmp_path / "id"
+    key.write_text("not used")
+    raw = {"boards": [{"name": "a", "class": "arm-a53", "emulated": True},
+                      {"name": "b", "class": "rpi4", "ssh": {"host": "10.0.0.2", "user": "pi",
+                                                             "key": str(key),
+                                                             "python": "/usr/bin/python3"}}]}
+    parse_inventory(raw)  # valid as written
+    change(raw)
+    with pytest.raises(UserError, match=message):
+        parse_inventory(raw)
+
+
+def test_farm_cli_refuses_an_unknown_host_key_and_leaves_nothing_running(sshd, tmp_path, capsys):
+    path = _inventory(sshd, tmp_path)
+    (tmp_path / "known_hosts").write_text("")  # the board's key was never recorded
+    state = tmp_path / "state"
+    assert farm_cli.main(["up", "--inventory", str(path), "--state-dir", str(state)]) == 2
+    assert "--accept-new-host-key" in capsys.readouterr().err
+    assert not (state / "state.json").exists()
+
+
+@pytest.mark.slow
+def test_farm_up_status_restart_quarantine_down(sshd, tmp_path, capsys):
+    path = _inventory(sshd, tmp_path)
+    state = tmp_path / "state"
+    args = ["--inventory", str(path), "--state-dir", str(state)]
+    assert farm_cli.main(["up", *args]) == 0
+    farm = Farm(farm_cli.load_inventory(path), state)
+    assert {s.name: s.state for s in farm.status()} == {"phone-ssh": "up", "phone-local": "up"}
+    assert class_counts(farm, farm.status())["arm-a53"]["free"] == 2
+    assert farm_cli.main(["status", *args]) == 0
+    assert "arm-a53: 2 free" in capsys.readouterr().out
+
+    # A crash (as when a kernel uses an instruction the CPU lacks): detected and restarted.
+    farm.kill_board("phone-ssh")
+    assert {s.name: s.state for s in farm.status()}["phone-ssh"] == "dead"
+    assert any("phone-ssh was dead: restarted" in e for e in farm.heal())
+    _wait_state(farm, "phone-ssh", "up")
+    # Dies again within the window: max_restarts is 1, so it is quarantined, not restarted.
+    farm.kill_board("phone-ssh")
+    assert any("phone-ssh died 2 times" in e for e in farm.heal())
+    statuses = {s.name: s.state for s in farm.status()}
+    assert statuses == {"phone-ssh": "quarantined", "phone-local": "up"}
+
+    pids = {name: b.pid for name, b in farm.state.boards.items()}
+    assert farm_cli.main(["down", *args]) == 0
+    from rpc import ssh
+    from rpc.farm import _local_alive
+
+    assert not _local_alive(pids["phone-local"])
+    with ssh.session(farm.inventory.board("phone-ssh").ssh) as remote:
+        assert not remote.is_alive(pids["phone-ssh"])
+    assert not (state / "state.json").exists()
+
+
+def _wait_state(farm, name, wanted, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if {s.name: s.state for s in farm.status()}[name] == wanted:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name} never became {wanted}")
