@@ -41,7 +41,7 @@ from pipeline.models import LoadedModel, load_model
 from pipeline.tuning import tune
 from pipeline.verify import board_info, run_on_board, verification
 from rpc.local import local_farm
-from rpc.tracker import TrackerAddress, parse_address
+from rpc.tracker import TrackerAddress, parse_address, wait_for_boards
 
 VARIANT = "fp32"
 TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
@@ -66,6 +66,7 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
     with _farm(device, tracker) as address:
         if trials > 0:
             lowered = lower(imported.mod, device.tvm_target())
+            wait_for_boards(address, device.rpc_key)
             emulated = board_info(address, device.rpc_key).emulated
             if emulated:
                 print(f"the '{device.rpc_key}' boards are emulated: candidates are checked "
@@ -84,6 +85,7 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             x = model.sample_input()
             reference = model.reference_output(x)
             print(f"verifying on a '{device.rpc_key}' board via {address}", file=out)
+            wait_for_boards(address, device.rpc_key)
             run = run_on_board(built.path, address, device.rpc_key, x)
             checked = verification(run, reference)
             print(f"  ran on board {run.board.name}" + (" (emulated: not timed)"

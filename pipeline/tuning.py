@@ -79,7 +79,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
     done = {name: count for name, (count, _) in history.items()}
     todo = [t for t in extracted if done[t.task_name] < per_task]
     remaining = trials - before
-    progress = Progress(extracted, before, trials, out)
+    progress = Progress(extracted, before, trials, out, emulated)
     progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
     if remaining <= 0 or not todo:
         estimate = progress.estimate_ms()
@@ -188,8 +188,9 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Trials done/total, best latency per task, estimated model latency, ETA."""
 
-    def __init__(self, tasks, before: int, total: int, out):
+    def __init__(self, tasks, before: int, total: int, out, emulated: bool = False):
         self.names = [t.task_name for t in tasks]
+        self.emulated = emulated  # timings from qemu: ranks candidates roughly, not performance
         self.weights = {t.task_name: t.weight for t in tasks}
         self.best: dict[str, float] = {}
         self.before, self.total, self.out = before, total, out
@@ -218,6 +219,8 @@ class Progress:
             f"? ({len(self.best)}/{len(self.names)} tasks measured)")
         best = self.best.get(task_name)
         best_text = _duration(best) if best is not None else "none valid yet"
+        if self.emulated:
+            best_text, est = f"{best_text} (emulated)", f"{est} (emulated, not a real figure)"
         print(f"[{done}/{self.total} trials] {task_name}: best {best_text} | model est. {est} | "
               f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min", file=self.out, flush=True)
 

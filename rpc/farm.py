@@ -46,6 +46,9 @@ class BoardState:
     log: str
     failures: list[float] = field(default_factory=list)
     quarantined: bool = False
+    # Seen registered since its start. A crashed session can kill the server's listening
+    # thread but not its process: registered once and gone now means dead, alive or not.
+    registered_once: bool = False
 
 
 @dataclass
@@ -143,8 +146,11 @@ class Farm:
                 label = "quarantined"
             elif self._registered_port(board, state) in registered:
                 label = "up"
-            elif (self._alive(board, state) and time.time() - state.started
-                  < self.inventory.health.start_timeout_s):
+                if not state.registered_once:
+                    state.registered_once = True
+                    self._save_state()
+            elif (not state.registered_once and self._alive(board, state)
+                  and time.time() - state.started < self.inventory.health.start_timeout_s):
                 label = "starting"
             else:
                 label = "dead"
@@ -307,10 +313,11 @@ class Farm:
         return FarmState(raw.get("tracker_pid"), raw.get("tracker_port"), boards)
 
     def _save_state(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), indent=2) + "\n")
-        tmp.replace(self._state_path)
+        with self._lock:  # the watching thread saves too
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(self.state), indent=2) + "\n")
+            tmp.replace(self._state_path)
 
 
 def class_counts(farm: Farm, statuses: list[BoardStatus]) -> dict[str, dict[str, int]]:

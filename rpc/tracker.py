@@ -42,7 +42,7 @@ def tracker_summary(address: TrackerAddress) -> dict:
         raise UserError(
             f"The RPC tracker at {address} does not answer ({err}). Check that it runs: "
             f"python -m tvm.exec.query_rpc_tracker --host {address.host} --port {address.port}; "
-            f"or leave out --tracker to use an embedded local farm (x86 device classes).") from None
+            f"or leave out --tracker to use an embedded local farm.") from None
 
 
 def wait_for_boards(address: TrackerAddress, key: str, count: int = 1,

@@ -110,3 +110,39 @@ def _wait_state(farm, name, wanted, timeout_s=120):
             return
         time.sleep(1)
     raise AssertionError(f"{name} never became {wanted}")
+
+
+@pytest.mark.slow
+def test_a_kernel_with_an_instruction_the_board_lacks_kills_it_and_the_farm_restarts_it(tmp_path):
+    """fp16 arithmetic (ARMv8.2) on the Cortex-A53 board: SIGILL, as on the real part."""
+    import numpy as np
+    import tvm
+    from tvm import rpc, te
+
+    from pipeline.devices import load_device
+    from rpc.local import local_farm
+
+    n = 64
+    a = te.placeholder((n,), "float16", name="a")
+    b = te.compute((n,), lambda i: a[i] * a[i] + a[i], name="b")
+    target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55",
+              "mattr": ["+neon", "+fullfp16"]}
+    lib = tvm.compile(te.create_prim_func([a, b]).with_attr("global_symbol", "fp16_square_add"),
+                      target=target)
+    path = tmp_path / "fp16.so"
+    lib.export_library(str(path), cc="aarch64-linux-gnu-g++")
+
+    with local_farm(load_device("arm-a53")) as farm:
+        remote = rpc.connect_tracker(farm.address.host, farm.address.port).request(
+            "arm-a53", session_timeout=120)
+        remote.upload(str(path))
+        func = remote.load_module(path.name)["fp16_square_add"]
+        dev = remote.cpu()
+        x = tvm.runtime.tensor(np.ones(n, "float16"), dev)
+        with pytest.raises(Exception):  # noqa: B017 - the session dies with the board
+            func(x, tvm.runtime.tensor(np.zeros(n, "float16"), dev))
+        deadline = time.monotonic() + 60  # the watching farm sees it dead and restarts it
+        while not farm.state.boards["arm-a53-1"].failures and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert farm.state.boards["arm-a53-1"].failures, "the crashed board was never noticed"
+        _wait_state(farm, "arm-a53-1", "up")
