@@ -29,6 +29,7 @@ from pipeline.artifact import (
     ModelInfo,
     TensorSpec,
     TuningInfo,
+    Verification,
     write_artifact,
 )
 from pipeline.build import build_library
@@ -55,8 +56,12 @@ class JobResult:
 
 def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             tracker: TrackerAddress | None, out_dir: Path | None = None,
-            log_root: Path = logs.LOG_ROOT, out=None) -> JobResult | None:
+            log_root: Path = logs.LOG_ROOT, out=None, verify: bool = True
+            ) -> JobResult | None:
     """Tune up to `trials` (0: build from the logs as they are), build, verify, package.
+
+    `verify=False` (the nightly job, when the farm has no board of the class) packages the
+    artifact with no verification recorded.
 
     Returns None when tuning was interrupted (the logs keep every finished trial)."""
     out = out or sys.stderr
@@ -82,15 +87,7 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             built = build_library(imported, device, used_logs, Path(scratch) / "lib.so")
             print(f"  {built.tuned_kernels}/{built.total_kernels} kernels from the tuning logs",
                   file=out)
-            x = model.sample_input()
-            reference = model.reference_output(x)
-            print(f"verifying on a '{device.rpc_key}' board via {address}", file=out)
-            wait_for_boards(address, device.rpc_key)
-            run = run_on_board(built.path, address, device.rpc_key, x)
-            checked = verification(run, reference)
-            print(f"  ran on board {run.board.name}" + (" (emulated: not timed)"
-                                                        if run.board.emulated else ""), file=out)
-            _require_match(checked.max_abs_error, reference, model)
+            checked = _verify(built.path, model, device, address, out) if verify else None
             manifest = Manifest(
                 model=ModelInfo(model.name, model.source, model.spec, model.sha256,
                                 TensorSpec(model.input_name, model.input_shape),
@@ -104,6 +101,20 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             dest = out_dir or ARTIFACT_ROOT / device.name / f"{model.name}-{VARIANT}"
             manifest = write_artifact(dest, built.path, used_logs, manifest)
     return JobResult(dest, manifest)
+
+
+def _verify(lib: Path, model: LoadedModel, device: DeviceConfig, address: TrackerAddress,
+            out) -> Verification:
+    x = model.sample_input()
+    reference = model.reference_output(x)
+    print(f"verifying on a '{device.rpc_key}' board via {address}", file=out)
+    wait_for_boards(address, device.rpc_key)
+    run = run_on_board(lib, address, device.rpc_key, x)
+    checked = verification(run, reference)
+    print(f"  ran on board {run.board.name}" + (" (emulated: not timed)"
+                                                if run.board.emulated else ""), file=out)
+    _require_match(checked.max_abs_error, reference, model)
+    return checked
 
 
 def _require_match(error: float, reference: np.ndarray, model: LoadedModel) -> None:

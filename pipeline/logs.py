@@ -51,7 +51,7 @@ def repair(folder: Path) -> RepairReport:
         if bad:
             with open(folder / (name + ".rejected"), "a") as rejected:
                 rejected.write("\n".join(bad) + "\n")
-            _atomic_write(path, "".join(line + "\n" for line in good))
+            atomic_write(path, "".join(line + "\n" for line in good))
     return RepairReport(tuple(dropped))
 
 
@@ -120,7 +120,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary sibling, then rename: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
