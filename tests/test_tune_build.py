@@ -119,3 +119,24 @@ def test_library_runs_locally_like_on_the_board(tuned, tiny_model):
     x = tiny_model.sample_input()
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, tiny_model.reference_output(x), atol=1e-4)
+
+
+def test_rebuild_names_changed_model_weights(host_device, host_farm, tmp_path):
+    import torch
+
+    from pipeline.models import load_model
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
+    result = run_job(host_device, load_model(str(path)), 0, host_farm, tmp_path / "art",
+                     tmp_path / "logs")
+    assert rebuild(result.artifact).identical
+
+    with torch.no_grad():
+        net[0].weight.mul_(1.01)  # the model file changes under the artifact
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
+    report = rebuild(result.artifact)
+    assert not report.identical
+    assert len(report.differences) == 1 and "weights or file changed" in report.differences[0]
