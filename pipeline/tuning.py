@@ -170,7 +170,10 @@ def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated
 
     if emulated:  # emulated timings are meaningless: one run each, only to prove it runs
         evaluator = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0)
-        timeout = 600
+        # A candidate takes seconds under qemu, but now and then a session forked by the
+        # board's multi-threaded server hangs (seen once in ~10 runs): it is abandoned after
+        # this long and counted as a failed trial, and the board serves the next one.
+        timeout = 120
     else:
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
                                               enable_cpu_cache_flush=False)

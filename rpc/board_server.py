@@ -22,26 +22,32 @@ def main(argv=None):
     parser.add_argument("--emulated", action="store_true", help="timings here are not real")
     args = parser.parse_args(argv)
 
-    from tvm import rpc
+    import logging
+    import socket
+
+    import tvm_ffi
+    from tvm.rpc import server as rpc_server
 
     info = json.dumps({"name": args.name, "key": args.key, "emulated": args.emulated,
                        "machine": platform.machine()})
+    # Registered in this process, so every session forked from it answers too.
+    tvm_ffi.register_global_func("edge_tvm.board_info", lambda: info, override=True)
+    rpc_server.logger.setLevel(logging.ERROR)
 
-    def register_board_info():
-        import tvm_ffi
-
-        tvm_ffi.register_global_func("edge_tvm.board_info", lambda: info, override=True)
-
+    # TVM's rpc.Server runs this loop in a thread of a helper process and forks a session from
+    # there; under qemu-user a fork from a multi-threaded process now and then left a session
+    # hung. Here the loop runs in the main thread of a single-threaded process (same TVM, pinned).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, port = args.tracker.rsplit(":", 1)
-    server = rpc.Server(args.host, args.port, args.port + 1, key=args.key,
-                        tracker_addr=(host, int(port)), silent=True,
-                        server_init_callback=register_board_info)
-    signal.signal(signal.SIGTERM, lambda *_: (server.terminate(), sys.exit(0)))
     print(f"board {args.name} ({platform.machine()}) serving '{args.key}' on "
-          f"{args.host}:{server.port} via tracker {args.tracker}", flush=True)
-    server.proc.join()
-    # The server only returns when it crashed (e.g. a kernel used an instruction this CPU
-    # lacks): exit non-zero so the farm sees a dead board.
+          f"{args.host}:{args.port} via tracker {args.tracker}", flush=True)
+    # Returns only by raising when a session crashed (e.g. a kernel used an instruction this
+    # CPU lacks): the process then exits non-zero and the farm sees a dead board.
+    rpc_server._listen_loop(sock, args.port, args.key, (host, int(port)), None, None)
     return 1
 
 
