@@ -173,7 +173,7 @@ def _run_entry(entry: Entry, result: EntryResult, tracker: TrackerAddress | None
 def _compare_with_release(result: EntryResult, entry: Entry, releases: Path, device, model,
                           manifest) -> None:
     from pipeline.flow import toolchain_versions
-    from pipeline.rebuild import _input_differences
+    from pipeline.rebuild import input_differences
 
     folder = releases / entry.device / f"{entry.model}-{entry.variant}"
     tarball = folder.with_name(folder.name + ".tar.gz")
@@ -187,7 +187,7 @@ def _compare_with_release(result: EntryResult, entry: Entry, releases: Path, dev
     if result.reproducible:
         result.release_note = f"byte-identical to {folder}"
         return
-    causes = _input_differences(released, device, model, toolchain_versions(device))
+    causes = input_differences(released, device, model, toolchain_versions(device))
     if released.tuning.log_sha256 != manifest.tuning.log_sha256:
         causes.append("tuning logs differ from the released artifact's")
     result.release_note = f"differs from {folder}: " + (

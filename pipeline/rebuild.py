@@ -36,7 +36,7 @@ def rebuild(artifact: Path) -> RebuildReport:
                         f"{', '.join(damaged)}. The artifact was modified or truncated.")
     device = load_device(manifest.device.name)
     model = load_model(manifest.model.spec, tuple(manifest.model.input.shape))
-    differences = _input_differences(manifest, device, model, toolchain_versions(device))
+    differences = input_differences(manifest, device, model, toolchain_versions(device))
     with tempfile.TemporaryDirectory(prefix="pipeline-rebuild-") as scratch:
         built = build_library(import_model(model), device, artifact / LOGS_DIRNAME,
                               Path(scratch) / LIB_NAME)
@@ -45,7 +45,7 @@ def rebuild(artifact: Path) -> RebuildReport:
     return RebuildReport(rebuilt == expected, expected, rebuilt, tuple(differences))
 
 
-def _input_differences(manifest: Manifest, device, model, toolchain: dict[str, str]) -> list[str]:
+def input_differences(manifest: Manifest, device, model, toolchain: dict[str, str]) -> list[str]:
     found = []
     if model.sha256 != manifest.model.sha256:
         found.append(f"model {manifest.model.spec}: sha256 {model.sha256[:12]} now, "
