@@ -141,6 +141,16 @@ def check_hashes(folder: Path, manifest: Manifest) -> list[str]:
     return bad
 
 
+def read_intact(folder: Path) -> Manifest:
+    """The manifest of an artifact whose files all match it; an error names those that do not."""
+    manifest = read_manifest(folder)
+    damaged = check_hashes(folder, manifest)
+    if damaged:
+        raise UserError(f"{folder}: {', '.join(damaged)} differ from the manifest's hashes: the "
+                        f"artifact was modified or truncated. Rebuild it from its logs.")
+    return manifest
+
+
 def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
                    manifest_without_files: Manifest) -> Manifest:
     """Assemble lib, logs and manifest in a temporary sibling of `dest`, then swap it in."""
@@ -179,10 +189,7 @@ def pack(folder: Path, tarball: Path) -> Path:
     import gzip
     import tarfile
 
-    manifest = read_manifest(folder)
-    damaged = check_hashes(folder, manifest)
-    if damaged:
-        raise UserError(f"{folder}: {', '.join(damaged)} differ from the manifest; not packed.")
+    manifest = read_intact(folder)
     tarball.parent.mkdir(parents=True, exist_ok=True)
     tmp = tarball.with_name(f".{tarball.name}.tmp")
     with open(tmp, "wb") as raw, \

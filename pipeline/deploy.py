@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifact import Manifest, check_hashes, read_manifest
+from pipeline.artifact import Manifest, read_intact
 from pipeline.errors import EXIT_USER_ERROR, UserError
+from pipeline.verify import tolerance
 from rpc.inventory import Board, load_inventory
 
 SMOKE_SCRIPT = Path(__file__).resolve().parent.parent / "rpc" / "board_smoke.py"
@@ -41,11 +42,7 @@ def deploy(artifact: Path, board: Board, accept_new_host_key: bool = False,
     from rpc import ssh
 
     out = out or sys.stderr
-    manifest = read_manifest(artifact)
-    damaged = check_hashes(artifact, manifest)
-    if damaged:
-        raise UserError(f"{artifact}: {', '.join(damaged)} differ from the manifest's hashes; "
-                        f"the artifact was modified or truncated. Rebuild it before deploying.")
+    manifest = read_intact(artifact)
     if board.ssh is None:
         raise UserError(f"Board '{board.name}' has no ssh section: deploy pushes over SSH.")
     if board.device.name != manifest.device.name:
@@ -82,10 +79,10 @@ def deploy(artifact: Path, board: Board, accept_new_host_key: bool = False,
     error = None
     if reference is not None:
         error = float(np.max(np.abs(y.astype("float64") - reference.astype("float64"))))
-        tolerance = 1e-3 * float(np.max(np.abs(reference))) + 1e-4
-        if not error <= tolerance:
+        allowed = tolerance(reference)
+        if not error <= allowed:
             raise UserError(f"On {board.name} the output differs from the framework by "
-                            f"{error:.3g} (tolerance {tolerance:.3g}).")
+                            f"{error:.3g} (tolerance {allowed:.3g}).")
     return DeployResult(board.name, remote_dir, len(manifest.files), tuple(y.shape), error,
                         float(report["ms_median"]), board.emulated)
 
@@ -97,8 +94,8 @@ def _smoke_input(manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         model = load_model(manifest.model.spec, shape)
     except UserError:
-        return np.random.default_rng(0).standard_normal(shape).astype("float32"), None
-    if model.sha256 != manifest.model.sha256:
+        model = None
+    if model is None or model.sha256 != manifest.model.sha256:  # not the model it was built from
         return np.random.default_rng(0).standard_normal(shape).astype("float32"), None
     x = model.sample_input()
     return x, model.reference_output(x)

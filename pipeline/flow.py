@@ -40,7 +40,7 @@ from pipeline.logs import sha256_file
 from pipeline.lowering import lower
 from pipeline.models import LoadedModel, load_model
 from pipeline.tuning import tune
-from pipeline.verify import board_info, run_on_board, verification
+from pipeline.verify import run_on_board, tolerance, verification
 from rpc.local import local_farm
 from rpc.tracker import TrackerAddress, parse_address, wait_for_boards
 
@@ -71,12 +71,7 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
     with _farm(device, tracker) as address:
         if trials > 0:
             lowered = lower(imported.mod, device.tvm_target())
-            wait_for_boards(address, device.rpc_key)
-            emulated = board_info(address, device.rpc_key).emulated
-            if emulated:
-                print(f"the '{device.rpc_key}' boards are emulated: candidates are checked "
-                      f"there, but their timings are not performance figures", file=out)
-            result = tune(lowered, device, folder, trials, address, emulated, out=out)
+            result = tune(lowered, device, folder, trials, address, out=out)
             if result.interrupted:
                 return None
         print(f"building for {device.name} with the logs in {folder}", file=out)
@@ -118,10 +113,10 @@ def _verify(lib: Path, model: LoadedModel, device: DeviceConfig, address: Tracke
 
 
 def _require_match(error: float, reference: np.ndarray, model: LoadedModel) -> None:
-    tolerance = 1e-3 * float(np.max(np.abs(reference))) + 1e-4
-    if not error <= tolerance:
+    allowed = tolerance(reference)
+    if not error <= allowed:
         raise RuntimeError(f"the compiled {model.name} differs from the framework by {error:.3g} "
-                           f"(tolerance {tolerance:.3g}): a compiler bug, not packaged")
+                           f"(tolerance {allowed:.3g}): a compiler bug, not packaged")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import yaml
 from pipeline import logs
 from pipeline.artifact import ARTIFACT_ROOT, LIB_NAME, LOGS_DIRNAME, read_manifest, unpack
 from pipeline.errors import EXIT_USER_ERROR, UserError
-from rpc.tracker import TrackerAddress, free_boards, parse_address
+from rpc.tracker import TrackerAddress, parse_address, registered_boards
 
 MATRIX = Path(__file__).resolve().parent / "nightly.yaml"
 NIGHTLY_ROOT = Path("build") / "nightly"
@@ -102,7 +102,8 @@ def load_matrix(path: Path) -> Matrix:
 def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, history: Path,
                 out_dir: Path, log_root: Path = logs.LOG_ROOT, out=None) -> dict[str, Any]:
     out = out or sys.stderr
-    previous = _previous_report(history)
+    earlier = _history_reports(history)
+    previous = earlier[-1] if earlier else None
     results = []
     for entry in matrix.entries:
         print(f"== {entry.id}", file=out, flush=True)
@@ -126,9 +127,9 @@ def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, 
               "entries": [asdict(r) for r in results], "exit_code": 1 if failed else 0}
     from pipeline.report import write_report
 
-    write_report(report, _history_reports(history), out_dir)
+    write_report(report, earlier, out_dir)
     stamp = report["started"].replace(":", "").replace("+0000", "Z")
-    stamp = f"{stamp}-{len(_history_reports(history)):04d}"  # two runs in one second
+    stamp = f"{stamp}-{len(earlier):04d}"  # two runs in one second
     history.mkdir(parents=True, exist_ok=True)
     logs.atomic_write(history / f"{stamp}.json", json.dumps(report, indent=2) + "\n")
     return report
@@ -150,7 +151,7 @@ def _run_entry(entry: Entry, result: EntryResult, tracker: TrackerAddress | None
             verify, note = True, ""
         else:
             address = tracker
-            verify = free_boards(tracker, device.rpc_key) > 0
+            verify = registered_boards(tracker, device.rpc_key) > 0
             note = "" if verify else (f"skipped: no '{device.rpc_key}' board registered at the "
                                       f"tracker {tracker}")
         job = run_job(device, model, 0, address, dest, log_root, out=out, verify=verify)
@@ -250,11 +251,6 @@ def _history_reports(history: Path) -> list[dict]:
             if raw.get("schema") == REPORT_SCHEMA:
                 reports.append(raw)
     return reports
-
-
-def _previous_report(history: Path) -> dict | None:
-    reports = _history_reports(history)
-    return reports[-1] if reports else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline import logs
 from pipeline.devices import DeviceConfig
+from pipeline.verify import board_info
 from rpc.tracker import TrackerAddress, wait_for_boards
 
 WORK_ROOT = Path(__file__).resolve().parent.parent / "build" / "tune-work"
@@ -60,7 +61,7 @@ def export_shared(mod, compiler: str) -> str:
 
 
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: TrackerAddress,
-         emulated: bool = False, out=None) -> TuneResult:
+         out=None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
@@ -79,7 +80,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
     done = {name: count for name, (count, _) in history.items()}
     todo = [t for t in extracted if done[t.task_name] < per_task]
     remaining = trials - before
-    progress = Progress(extracted, before, trials, out, emulated)
+    progress = Progress(extracted, before, trials, out)
     progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
     if remaining <= 0 or not todo:
         estimate = progress.estimate_ms()
@@ -88,6 +89,10 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
               file=out)
         return TuneResult(folder, before, before, len(extracted), progress.estimate_ms())
     boards = wait_for_boards(tracker, device.rpc_key)
+    emulated = progress.emulated = board_info(tracker, device.rpc_key).emulated
+    if emulated:
+        print(f"the '{device.rpc_key}' boards are emulated: candidates are checked there, but "
+              f"their timings are not performance figures", file=out)
     print(f"tuning {len(todo)} of {len(extracted)} tasks on {boards} '{device.rpc_key}' board(s) "
           f"via {tracker}: {remaining} more trials (budget {trials}, {before} in the logs)",
           file=out)

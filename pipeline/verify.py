@@ -78,6 +78,11 @@ def _describe(remote, key: str) -> BoardInfo:
     return BoardInfo(str(info.get("name", key)), bool(info.get("emulated", False)))
 
 
+def tolerance(reference: np.ndarray) -> float:
+    """How far a compiled model's output may be from the framework's: float rounding only."""
+    return 1e-3 * float(np.max(np.abs(reference))) + 1e-4
+
+
 def verification(run: BoardRun, reference: np.ndarray, framework_ms: float | None = None
                  ) -> Verification:
     error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))

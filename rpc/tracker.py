@@ -26,8 +26,8 @@ def parse_address(text: str) -> TrackerAddress:
     return TrackerAddress(host, int(port))
 
 
-def free_boards(address: TrackerAddress, key: str) -> int:
-    """How many boards of `key` are registered and idle right now."""
+def registered_boards(address: TrackerAddress, key: str) -> int:
+    """How many boards of `key` are registered with the tracker (busy ones included)."""
     summary = tracker_summary(address)
     return sum(1 for server in summary.get("server_info", [])
                if str(server.get("key", "")).split(":")[-1] == key)
@@ -47,15 +47,15 @@ def tracker_summary(address: TrackerAddress) -> dict:
 
 def wait_for_boards(address: TrackerAddress, key: str, count: int = 1,
                     timeout_s: float = 120.0) -> int:
-    """Block until `count` boards of `key` are free; an error names the key if none come."""
+    """Block until `count` boards of `key` are registered; an error names the key if none come."""
     deadline = time.monotonic() + timeout_s
     while True:
-        found = free_boards(address, key)
+        found = registered_boards(address, key)
         if found >= count:
             return found
         if time.monotonic() > deadline:
             raise UserError(
-                f"No free board with key '{key}' registered at the tracker {address} within "
+                f"No board with key '{key}' registered at the tracker {address} within "
                 f"{timeout_s:.0f} s ({found} found). Start boards of that class (python -m "
                 f"tvm.exec.query_rpc_tracker lists them) or check the device's rpc_key.")
         time.sleep(0.5)
