@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from pipeline.errors import UserError
 from pipeline.logs import LOG_FILES, sha256_file
 
 SCHEMA = "edge-tvm-pipeline/artifact"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: quantization and accuracy sections
 LIB_NAME = "lib.so"
 MANIFEST_NAME = "manifest.json"
 LOGS_DIRNAME = "tuning_logs"
+CALIBRATION_NAME = "calibration.json"  # int8: the activation ranges the build applied
 ARTIFACT_ROOT = Path("artifacts")
 
 
@@ -65,7 +66,40 @@ class Verification:
     top1_matches_framework: bool
     latency_ms_median: float | None  # None on emulated boards: their timings mean nothing
     latency_ms_p90: float | None
-    framework_latency_ms_median: float | None = None
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    spec: str  # builtin, a folder, or a .npy/.npz file, as given
+    count: int
+    sha256: str  # of the samples exactly as used
+
+
+@dataclass(frozen=True)
+class Quantization:
+    mode: str  # int8 | fp16
+    int8_layers: int  # convolutions and matmuls computing in int8 (0 for fp16)
+    float_layers: tuple[str, ...] = ()  # quantizable layers left in float, asked or by fallback
+    fallback_layers: tuple[str, ...] = ()  # of those, the ones the accuracy fallback chose
+    method: str | None = None  # minmax | percentile | entropy (int8)
+    percentile: float | None = None
+    calibration: DataInfo | None = None
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """The quantized model against the fp32 one on `eval_data` (the fp32 model is the
+    framework's own: PyTorch or ONNX Runtime)."""
+
+    eval_data: DataInfo
+    top1_agreement: float  # fraction of inputs whose top-1 class is the fp32 model's
+    top5_overlap: float | None  # mean fraction of the fp32 top-5 in the quantized top-5
+    sqnr_db: float  # fp32 output power over the power of the difference, in dB
+    accuracy: float | None  # top-1 accuracy against the labels, where the data has them
+    reference_accuracy: float | None  # the fp32 model's, on the same data
+    drop_points: float  # accuracy lost in points (labels), else top-1 disagreement in points
+    max_drop_points: float  # the threshold packaging enforced
+    forced: bool  # packaged with --force although drop_points > max_drop_points
 
 
 @dataclass(frozen=True)
@@ -77,7 +111,8 @@ class Manifest:
     tuning: TuningInfo
     files: dict[str, str]  # relative path -> sha256, lib and bundled logs
     verification: Verification | None = None
-    accuracy: dict[str, float] = field(default_factory=dict)
+    quantization: Quantization | None = None
+    accuracy: Accuracy | None = None
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
@@ -94,7 +129,10 @@ class Manifest:
 
 
 _NESTED = {"model": ModelInfo, "device": DeviceInfo, "tuning": TuningInfo,
-           "verification": Verification, "input": TensorSpec, "output": TensorSpec}
+           "verification": Verification, "input": TensorSpec, "output": TensorSpec,
+           "quantization": Quantization, "accuracy": Accuracy, "calibration": DataInfo,
+           "eval_data": DataInfo}
+_TUPLES = frozenset({"shape", "float_layers", "fallback_layers"})
 
 
 def _build(cls, raw: dict[str, Any], where: str):
@@ -111,7 +149,7 @@ def _build(cls, raw: dict[str, Any], where: str):
         value = raw[f.name]
         if f.name in _NESTED and isinstance(value, dict):
             value = _build(_NESTED[f.name], value, where)
-        elif f.name == "shape":
+        elif f.name in _TUPLES and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
     try:
@@ -152,8 +190,10 @@ def read_intact(folder: Path) -> Manifest:
 
 
 def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
-                   manifest_without_files: Manifest) -> Manifest:
-    """Assemble lib, logs and manifest in a temporary sibling of `dest`, then swap it in."""
+                   manifest_without_files: Manifest, extras: dict[str, str] | None = None
+                   ) -> Manifest:
+    """Assemble lib, logs, `extras` (file name -> text) and manifest in a temporary sibling of
+    `dest`, then swap it in."""
     dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.with_name(f".{dest.name}.staging")
@@ -162,6 +202,9 @@ def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
     try:
         shutil.copy2(lib, staging / LIB_NAME)
         files = {LIB_NAME: sha256_file(staging / LIB_NAME)}
+        for name, text in sorted((extras or {}).items()):
+            (staging / name).write_text(text)
+            files[name] = sha256_file(staging / name)
         if log_folder is not None:
             (staging / LOGS_DIRNAME).mkdir()
             for name in LOG_FILES:

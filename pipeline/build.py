@@ -16,7 +16,6 @@ from pathlib import Path
 from pipeline import logs
 from pipeline.devices import DeviceConfig, available_devices
 from pipeline.errors import UserError
-from pipeline.importer import ImportedModel
 from pipeline.lowering import apply_database, lower
 from pipeline.models import ZOO_NAMES, parse_shape
 
@@ -26,16 +25,20 @@ class BuiltLibrary:
     path: Path
     tuned_kernels: int  # kernels that came from the logs
     total_kernels: int
+    # conv2d/matmul kernels -> the dtypes of their data and weight operands, read off the
+    # module handed to code generation: proof of what the library computes in
+    operands: dict[str, tuple[str, str]]
 
 
-def build_library(imported: ImportedModel, device: DeviceConfig, log_folder: Path | None,
+def build_library(mod, device: DeviceConfig, log_folder: Path | None,
                   out_path: Path) -> BuiltLibrary:
-    """Compile `imported` for `device` with the logs in `log_folder` (if any) into `out_path`."""
+    """Compile the Relax module `mod` (imported, maybe quantized) for `device` with the logs in
+    `log_folder` (if any) into `out_path`."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     target = device.tvm_target()
-    lowered = lower(imported.mod, target)
+    lowered = lower(mod, target)
     total = len(_called_kernels(lowered))
     if log_folder is not None and logs.count_records(log_folder) > 0:
         logs.check_target(log_folder, device.target, device.name)
@@ -53,13 +56,37 @@ def build_library(imported: ImportedModel, device: DeviceConfig, log_folder: Pat
         applied = lowered
     called = _called_kernels(applied)
     tuned = sum(1 for func in called if func.attrs and func.attrs.get("tirx.is_scheduled", False))
+    operands = matmul_operands(applied)
     executable = tvm.compile(applied, target=target)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _export(executable, out_path, device.compiler())
-    return BuiltLibrary(out_path, tuned, total)
+    return BuiltLibrary(out_path, tuned, total, operands)
+
+
+def matmul_operands(mod) -> dict[str, tuple[str, str]]:
+    """For each convolution or matmul kernel `main` calls: the dtypes of the data and weights
+    it is called with. Fused kernels are named after the Relax ops they hold."""
+    import tvm
+    from tvm import relax
+
+    found: dict[str, tuple[str, str]] = {}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            name = expr.args[0].name_hint
+            if "conv2d" in name or "matmul" in name:
+                found[name] = tuple(str(arg.ty.dtype) for arg in list(expr.args[1].fields)[:2])
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found
 
 
 def _called_kernels(mod) -> list:
+    return [func for _, func in _called_kernel_items(mod)]
+
+
+def _called_kernel_items(mod) -> list:
     """The TIR kernels that `main` calls (helpers such as weight re-tiling are folded away)."""
     import tvm
     from tvm import relax
@@ -68,7 +95,7 @@ def _called_kernels(mod) -> list:
     relax.analysis.post_order_visit(mod["main"], lambda e: names.add(e.args[0].name_hint)
                                     if isinstance(e, relax.Call) and e.op.same_as(
                                         tvm.ir.Op.get("relax.call_tir")) else None)
-    return [mod[name] for name in sorted(names)]
+    return [(name, mod[name]) for name in sorted(names)]
 
 
 def _export(executable, out_path: Path, compiler: str) -> None:
@@ -101,12 +128,14 @@ def _shape_arg(text: str):
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.flow import run_cli
+    from pipeline.quantize import add_quantize_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.build",
         description="Rebuild an artifact from the committed tuning logs, with no tuning: "
                     "compile, verify on a board through the tracker, and package.")
     add_model_arguments(parser)
+    add_quantize_arguments(parser)
     parser.add_argument("--tracker", metavar="HOST:PORT",
                         help="RPC tracker of the farm to verify on (default: an embedded local "
                              "farm: this machine, or an emulated board for ARM classes)")

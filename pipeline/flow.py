@@ -24,6 +24,7 @@ import numpy as np
 from pipeline import logs
 from pipeline.artifact import (
     ARTIFACT_ROOT,
+    CALIBRATION_NAME,
     DeviceInfo,
     Manifest,
     ModelInfo,
@@ -33,18 +34,19 @@ from pipeline.artifact import (
     write_artifact,
 )
 from pipeline.build import build_library
+from pipeline.int8 import plan_to_json
 from pipeline.devices import DeviceConfig, load_device
 from pipeline.errors import EXIT_USER_ERROR, UserError
 from pipeline.importer import import_model
 from pipeline.logs import sha256_file
 from pipeline.lowering import lower
 from pipeline.models import LoadedModel, load_model
+from pipeline.quantize import Quantized, QuantizeOptions, options_from_args, quantize
 from pipeline.tuning import tune
 from pipeline.verify import run_on_board, tolerance, verification
 from rpc.local import local_farm
 from rpc.tracker import TrackerAddress, parse_address, wait_for_boards
 
-VARIANT = "fp32"
 TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
 
 
@@ -56,21 +58,25 @@ class JobResult:
 
 def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             tracker: TrackerAddress | None, out_dir: Path | None = None,
-            log_root: Path = logs.LOG_ROOT, out=None, verify: bool = True
-            ) -> JobResult | None:
-    """Tune up to `trials` (0: build from the logs as they are), build, verify, package.
+            log_root: Path = logs.LOG_ROOT, out=None, verify: bool = True,
+            options: QuantizeOptions = QuantizeOptions()) -> JobResult | None:
+    """Quantize as `options` say, tune up to `trials` (0: build from the logs as they are),
+    build, verify, package.
 
-    `verify=False` (the nightly job, when the farm has no board of the class) packages the
-    artifact with no verification recorded.
+    Quantization and its accuracy gate come first: a model that loses too much accuracy is
+    refused before any tuning time is spent on it. `verify=False` (the nightly job, when the
+    farm has no board of the class) packages the artifact with no verification recorded.
 
     Returns None when tuning was interrupted (the logs keep every finished trial)."""
     out = out or sys.stderr
-    folder = logs.log_dir(device.name, model.name, VARIANT, log_root)
+    variant = options.variant
+    folder = logs.log_dir(device.name, model.name, variant, log_root)
     print(f"importing {model.spec} ({model.source}, input {list(model.input_shape)})", file=out)
     imported = import_model(model)
+    quantized = quantize(imported, model, device, options, out)
     with _farm(device, tracker) as address:
         if trials > 0:
-            lowered = lower(imported.mod, device.tvm_target())
+            lowered = lower(quantized.mod, device.tvm_target())
             result = tune(lowered, device, folder, trials, address, out=out)
             if result.interrupted:
                 return None
@@ -79,44 +85,50 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             # Build from and bundle one snapshot: a tuner may still be appending to `folder`.
             used_logs = Path(scratch) / "logs"
             logs.snapshot(folder, used_logs)
-            built = build_library(imported, device, used_logs, Path(scratch) / "lib.so")
+            built = build_library(quantized.mod, device, used_logs, Path(scratch) / "lib.so")
             print(f"  {built.tuned_kernels}/{built.total_kernels} kernels from the tuning logs",
                   file=out)
-            checked = _verify(built.path, model, device, address, out) if verify else None
+            checked = (_verify(built.path, model, quantized, device, address, out) if verify
+                       else None)
             manifest = Manifest(
                 model=ModelInfo(model.name, model.source, model.spec, model.sha256,
                                 TensorSpec(model.input_name, model.input_shape),
                                 TensorSpec("output", imported.output_shape)),
                 device=DeviceInfo(device.name, device.target, device.rpc_key,
                                   sha256_file(device.source)),
-                variant=VARIANT, toolchain=toolchain_versions(device),
+                variant=variant, toolchain=toolchain_versions(device),
                 tuning=TuningInfo(logs.count_records(used_logs), built.tuned_kernels,
                                   built.total_kernels, logs.file_hashes(used_logs)),
-                files={}, verification=checked)
-            dest = out_dir or ARTIFACT_ROOT / device.name / f"{model.name}-{VARIANT}"
-            manifest = write_artifact(dest, built.path, used_logs, manifest)
+                files={}, verification=checked, quantization=quantized.quantization,
+                accuracy=quantized.accuracy)
+            dest = out_dir or ARTIFACT_ROOT / device.name / f"{model.name}-{variant}"
+            extras = ({CALIBRATION_NAME: plan_to_json(quantized.plan)}
+                      if quantized.plan is not None else {})
+            manifest = write_artifact(dest, built.path, used_logs, manifest, extras)
     return JobResult(dest, manifest)
 
 
-def _verify(lib: Path, model: LoadedModel, device: DeviceConfig, address: TrackerAddress,
-            out) -> Verification:
+def _verify(lib: Path, model: LoadedModel, quantized: Quantized, device: DeviceConfig,
+            address: TrackerAddress, out) -> Verification:
+    """The board's output against the framework's (fp32), or against the same quantized model
+    compiled for this machine (int8, fp16: the framework has no such model)."""
     x = model.sample_input()
-    reference = model.reference_output(x)
-    print(f"verifying on a '{device.rpc_key}' board via {address}", file=out)
+    if quantized.reference is None:
+        reference, against = model.reference_output(x), "the framework"
+    else:
+        reference, against = quantized.reference(x), f"the {quantized.variant} model on this machine"
+    print(f"verifying on a '{device.rpc_key}' board via {address} against {against}", file=out)
     wait_for_boards(address, device.rpc_key)
     run = run_on_board(lib, address, device.rpc_key, x)
     checked = verification(run, reference)
     print(f"  ran on board {run.board.name}" + (" (emulated: not timed)"
                                                 if run.board.emulated else ""), file=out)
-    _require_match(checked.max_abs_error, reference, model)
+    allowed = tolerance(reference, quantized.variant)
+    if not checked.max_abs_error <= allowed:
+        raise RuntimeError(f"the compiled {model.name} differs from {against} by "
+                           f"{checked.max_abs_error:.3g} (tolerance {allowed:.3g}): a compiler "
+                           f"bug, not packaged")
     return checked
-
-
-def _require_match(error: float, reference: np.ndarray, model: LoadedModel) -> None:
-    allowed = tolerance(reference)
-    if not error <= allowed:
-        raise RuntimeError(f"the compiled {model.name} differs from the framework by {error:.3g} "
-                           f"(tolerance {allowed:.3g}): a compiler bug, not packaged")
 
 
 @contextlib.contextmanager
@@ -152,7 +164,8 @@ def run_cli(args: argparse.Namespace, tune_trials: int | None) -> int:
         model = load_model(args.model, args.input_shape)
         tracker = parse_address(args.tracker) if args.tracker else None
         trials = device.tuning.trials if tune_trials is None else tune_trials
-        result = run_job(device, model, trials, tracker, args.out, args.logs)
+        result = run_job(device, model, trials, tracker, args.out, args.logs,
+                         options=options_from_args(args))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -18,13 +18,14 @@ def sample_image(name: str) -> np.ndarray:
     return image[..., :3]
 
 
-def preprocess(image: np.ndarray, size: int = 224) -> np.ndarray:
-    """Resize (antialiased bilinear) to size x size, normalise, and lay out as NCHW float32."""
+def preprocess(image: np.ndarray, size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """Resize (antialiased bilinear) to `size` (height, width), normalise, and lay out as NCHW
+    float32."""
     import torch
     from torch.nn import functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     x = (x - torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.from_numpy(
         IMAGENET_STD).view(1, 3, 1, 1)
     return x.numpy().astype("float32")

@@ -31,7 +31,7 @@ MATRIX = Path(__file__).resolve().parent / "nightly.yaml"
 NIGHTLY_ROOT = Path("build") / "nightly"
 REPORT_SCHEMA = "edge-tvm-pipeline/nightly-report"
 REPORT_VERSION = 1
-Variant = Literal["fp32"]  # int8 and fp16 join when quantization lands
+Variant = Literal["fp32", "int8", "fp16"]  # quantized with the default options (builtin data)
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,7 @@ def _run_entry(entry: Entry, result: EntryResult, tracker: TrackerAddress | None
     from pipeline.devices import load_device
     from pipeline.flow import run_job
     from pipeline.models import load_model
+    from pipeline.quantize import QuantizeOptions
     from rpc.local import local_farm
 
     device = load_device(entry.device)
@@ -154,7 +155,9 @@ def _run_entry(entry: Entry, result: EntryResult, tracker: TrackerAddress | None
             verify = registered_boards(tracker, device.rpc_key) > 0
             note = "" if verify else (f"skipped: no '{device.rpc_key}' board registered at the "
                                       f"tracker {tracker}")
-        job = run_job(device, model, 0, address, dest, log_root, out=out, verify=verify)
+        options = QuantizeOptions(mode="none" if entry.variant == "fp32" else entry.variant)
+        job = run_job(device, model, 0, address, dest, log_root, out=out, verify=verify,
+                      options=options)
     manifest = job.manifest
     result.lib_sha256 = manifest.files[LIB_NAME]
     result.trials = manifest.tuning.trials

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifact import LIB_NAME, LOGS_DIRNAME, Manifest, read_intact
+from pipeline.artifact import CALIBRATION_NAME, LIB_NAME, LOGS_DIRNAME, Manifest, read_intact
 from pipeline.build import build_library
 from pipeline.devices import load_device
 from pipeline.errors import EXIT_USER_ERROR, UserError
@@ -33,12 +33,24 @@ def rebuild(artifact: Path) -> RebuildReport:
     device = load_device(manifest.device.name)
     model = load_model(manifest.model.spec, tuple(manifest.model.input.shape))
     differences = input_differences(manifest, device, model, toolchain_versions(device))
+    mod = import_model(model).mod
+    if manifest.quantization is not None:
+        mod = requantize_artifact(artifact, manifest, mod)
     with tempfile.TemporaryDirectory(prefix="pipeline-rebuild-") as scratch:
-        built = build_library(import_model(model), device, artifact / LOGS_DIRNAME,
-                              Path(scratch) / LIB_NAME)
+        built = build_library(mod, device, artifact / LOGS_DIRNAME, Path(scratch) / LIB_NAME)
         rebuilt = sha256_file(built.path)
     expected = manifest.files[LIB_NAME]
     return RebuildReport(rebuilt == expected, expected, rebuilt, tuple(differences))
+
+
+def requantize_artifact(artifact: Path, manifest: Manifest, mod):
+    """The artifact's quantized module: its recorded calibration applied to `mod` as it was."""
+    from pipeline.int8 import plan_from_json
+    from pipeline.quantize import requantize
+
+    record = artifact / CALIBRATION_NAME
+    plan = plan_from_json(record.read_text(), str(record)) if record.is_file() else None
+    return requantize(mod, manifest.quantization, plan)
 
 
 def input_differences(manifest: Manifest, device, model, toolchain: dict[str, str]) -> list[str]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.build import add_model_arguments
+from pipeline.quantize import add_quantize_arguments
 
 
 def _trials(text: str) -> int:
@@ -32,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
             "examples:\n"
             "  python -m pipeline.tune --device x86-nuc --model efficientnet-lite0\n"
             "  python -m pipeline.tune --device host --model net.onnx --trials 200\n"
+            "  python -m pipeline.tune --device arm-a53 --model efficientnet-lite0 --quantize int8\n"
             "  python -m rpc.farm up && "
             "python -m pipeline.tune --device arm-a53 --model tiny-cnn --tracker 127.0.0.1:9190\n\n"
             "Boards of ARM classes that are emulated (qemu) check results but are never timed."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
+    add_quantize_arguments(parser)
     parser.add_argument("--trials", type=_trials, metavar="N",
                         help="total tuning budget, logs included (default: the device config's "
                              "tuning.trials)")

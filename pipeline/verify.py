@@ -78,13 +78,18 @@ def _describe(remote, key: str) -> BoardInfo:
     return BoardInfo(str(info.get("name", key)), bool(info.get("emulated", False)))
 
 
-def tolerance(reference: np.ndarray) -> float:
-    """How far a compiled model's output may be from the framework's: float rounding only."""
-    return 1e-3 * float(np.max(np.abs(reference))) + 1e-4
+# Relative to the output's largest magnitude. fp32: float rounding only. int8 and fp16 are
+# checked against the same quantized model compiled for this machine: a float epilogue rounded
+# differently (FMA contraction) may move one int8 value by a step, which carries through.
+RELATIVE_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 2e-2}
 
 
-def verification(run: BoardRun, reference: np.ndarray, framework_ms: float | None = None
-                 ) -> Verification:
+def tolerance(reference: np.ndarray, variant: str = "fp32") -> float:
+    """How far a compiled model's output may be from its reference on the same input."""
+    return RELATIVE_TOLERANCE[variant] * float(np.max(np.abs(reference))) + 1e-4
+
+
+def verification(run: BoardRun, reference: np.ndarray) -> Verification:
     error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))
     top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
@@ -93,5 +98,4 @@ def verification(run: BoardRun, reference: np.ndarray, framework_ms: float | Non
         board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
         top1_matches_framework=top1,
         latency_ms_median=float(np.median(run.times_ms)) if timed else None,
-        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None,
-        framework_latency_ms_median=framework_ms)
+        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None)

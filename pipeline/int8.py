@@ -1,0 +1,416 @@
+"""int8 post-training quantization: calibration and the Relax rewrite.
+
+TVM 0.27 has int8 x int8 -> int32 convolutions and matmuls but no calibrating quantizer, and
+quantized ONNX/PT2E graphs import as float convolutions between quantize/dequantize. So the
+rewrite is ours, on the imported Relax module (NCHW, batch-norm folded, weights constant):
+
+  conv2d(x, W)  ->  astype(conv2d(q(x), Wq, out_dtype=int32), f32) * (s_x * s_w)
+
+- Weights: per output channel, symmetric, stored as int8 constants (Wq = round(W / s_w)).
+- Activations: one scale per tensor, zero point 0. A tensor that is non-negative by
+  construction (the output of ReLU/ReLU6) is quantized to uint8 (0..255), any other to int8
+  (-127..127): a zero point of 0 keeps the convolutions' zero padding exact, and uint8 x int8 is
+  the operand order of x86's VNNI instructions.
+- The float epilogue (scale, bias, ReLU6, residual add) and the next layer's q(x) fuse into the
+  int8 kernel (FuseOps), so requantization costs no extra pass over memory.
+
+Activation ranges come from running the float model on the calibration data (compiled for this
+machine) and reading the absolute values that reach each quantized layer: `minmax` (largest
+seen), `percentile` (e.g. the 99.99th), or `entropy` (the clipping threshold whose 8-bit
+histogram has the least KL divergence from the float one, as in TensorRT's calibrator).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+Method = Literal["minmax", "percentile", "entropy"]
+METHODS: tuple[str, ...] = get_args(Method)
+QUANTIZED_OPS = ("relax.nn.conv2d", "relax.matmul")
+SAMPLES_PER_INPUT = 32768  # absolute values kept per tensor and calibration input
+HISTOGRAM_BINS = 2048
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # conv2d_0, conv2d_1, ..., matmul_0: the order the model computes them in
+    tensor: int  # index of the input tensor it reads, among the calibrated tensors
+    unsigned: bool  # that tensor is >= 0 by construction (ReLU output): quantized as uint8
+    depthwise: bool = False  # a depthwise convolution: each output channel reads one input
+
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    absmax: float  # the largest |value| seen
+    threshold: float  # the clipping threshold the method chose (<= absmax)
+    noise: float  # power of the quantization error relative to the signal's, on the samples
+    # Per channel (NCHW axis 1), for tensors only depthwise convolutions read: there each
+    # channel meets its own weights alone, so a scale per channel costs nothing and spares the
+    # channels of small range from a scale set by the largest.
+    channel_thresholds: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    layers: tuple[Layer, ...]
+    ranges: tuple[TensorRange, ...]  # one per calibrated tensor
+    method: Method
+
+
+def quantizable_layers(func) -> tuple[list[Layer], list, list]:
+    """The conv2d/matmul calls with constant weights, in order: their descriptions, the calls
+    themselves, and the tensors they read (distinct, in order of first use)."""
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    layers: list[Layer] = []
+    calls: list = []
+    tensors: list = []
+    counts: dict[str, int] = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not (isinstance(call, relax.Call) and _op_name(call) in QUANTIZED_OPS
+                    and isinstance(call.args[1], Constant)
+                    and call.args[0].ty.dtype == "float32"):
+                continue
+            data = call.args[0]
+            index = next((i for i, t in enumerate(tensors) if t.same_as(data)), None)
+            if index is None:
+                index = len(tensors)
+                tensors.append(data)
+            kind = _op_name(call).rsplit(".", 1)[1]
+            name = f"{kind}_{counts.get(kind, 0)}"
+            counts[kind] = counts.get(kind, 0) + 1
+            layers.append(Layer(name, index, _non_negative(data, bindings), _is_depthwise(call)))
+            calls.append(call)
+    return layers, calls, tensors
+
+
+def _is_depthwise(call) -> bool:
+    if _op_name(call) != "relax.nn.conv2d" or str(call.attrs.data_layout) != "NCHW":
+        return False
+    channels = int(call.args[0].ty.shape[1])
+    return int(call.attrs.groups) == channels > 1 and int(call.args[1].ty.shape[1]) == 1
+
+
+def _op_name(call) -> str:
+    import tvm
+
+    return call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+
+
+def _non_negative(expr, bindings) -> bool:
+    """True when `expr` is a ReLU/ReLU6 output: maximum(_, c >= 0), relu, or a minimum of one."""
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    value = bindings.get(expr)
+    if not isinstance(value, relax.Call):
+        return False
+    name = _op_name(value)
+    if name == "relax.nn.relu":
+        return True
+    if name == "relax.maximum":
+        return any(isinstance(a, Constant) and float(a.value.numpy().min()) >= 0
+                   for a in value.args)
+    if name == "relax.minimum":
+        return any(_non_negative(a, bindings) for a in value.args)
+    if name in ("relax.mean", "relax.reshape", "relax.permute_dims", "relax.nn.max_pool2d",
+                "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"):
+        return _non_negative(value.args[0], bindings)
+    return False
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99,
+              out=None) -> tuple[Int8Plan, np.ndarray]:
+    """Run the float model on `inputs` (N, ...) and choose a clipping threshold per tensor.
+    Also returns the float model's outputs on `inputs`."""
+    out = out or sys.stderr
+    layers, _, tensors = quantizable_layers(mod["main"])
+    if not layers:
+        raise UserError("The model has no convolution or matmul with constant weights: nothing "
+                        "to quantize to int8.")
+    run = compile_for_host(_expose(mod, tensors))
+    rng = np.random.default_rng(0)
+    per_channel = [all(layer.depthwise for layer in layers if layer.tensor == t)
+                   for t in range(len(tensors))]
+    absmax = np.zeros(len(tensors))
+    samples: list[list[np.ndarray]] = [[] for _ in tensors]
+    reference = []
+    for i, x in enumerate(inputs):
+        output, *values = run(x[None])
+        reference.append(output)
+        for t, value in enumerate(values):
+            magnitude = np.abs(value[0]).astype("float32")
+            absmax[t] = max(absmax[t], float(magnitude.max()))
+            if per_channel[t]:  # (channels, samples) kept apart per channel
+                columns = magnitude.reshape(magnitude.shape[0], -1)
+                keep = max(1, SAMPLES_PER_INPUT // columns.shape[0])
+                if columns.shape[1] > keep:
+                    columns = columns[:, rng.integers(0, columns.shape[1], keep)]
+                samples[t].append(columns)
+                continue
+            flat = magnitude.reshape(-1)
+            if flat.size > SAMPLES_PER_INPUT:
+                flat = flat[rng.integers(0, flat.size, SAMPLES_PER_INPUT)]
+            samples[t].append(flat)
+        if (i + 1) % 16 == 0 or i + 1 == len(inputs):
+            print(f"  calibration: {i + 1}/{len(inputs)} inputs through {len(layers)} layers",
+                  file=out)
+    unsigned = {layer.tensor: layer.unsigned for layer in layers}
+    ranges = []
+    for t in range(len(tensors)):
+        levels = 255 if unsigned[t] else 127
+        if per_channel[t]:
+            ranges.append(_channel_range(np.concatenate(samples[t], axis=1), method, percentile,
+                                         levels))
+            continue
+        values = np.concatenate(samples[t])
+        threshold = _threshold(values, float(absmax[t]), method, percentile, levels)
+        ranges.append(TensorRange(float(absmax[t]), threshold,
+                                  _relative_noise(values, threshold, levels)))
+    return Int8Plan(tuple(layers), tuple(ranges), method), np.concatenate(reference)
+
+
+def _channel_range(columns: np.ndarray, method: Method, percentile: float, levels: int
+                   ) -> TensorRange:
+    """Thresholds per channel: the largest value (minmax) or the percentile (the entropy
+    method's histogram search per channel would cost minutes; the percentile stands in)."""
+    maxima = columns.max(axis=1)
+    if method == "minmax":
+        thresholds = maxima
+    else:
+        thresholds = np.minimum(maxima, np.percentile(columns, percentile, axis=1))
+    thresholds = np.where(thresholds > 0, thresholds, 1.0)
+    scales = (thresholds / levels)[:, None]
+    error = columns - np.minimum(np.round(columns / scales), levels) * scales
+    noise = float(np.sum(error.astype("float64") ** 2)
+                  / max(np.sum(columns.astype("float64") ** 2), 1e-30))
+    return TensorRange(float(maxima.max()), float(thresholds.max()), noise,
+                       tuple(float(t) for t in thresholds))
+
+
+def _relative_noise(values: np.ndarray, threshold: float, levels: int) -> float:
+    if threshold <= 0:
+        return 0.0
+    scale = threshold / levels
+    error = values - np.minimum(np.round(values / scale), levels) * scale
+    return float(np.sum(error.astype("float64") ** 2) / max(np.sum(values.astype("float64") ** 2),
+                                                            1e-30))
+
+
+def weight_noise(weight: np.ndarray, per_channel_axis: int) -> float:
+    scale, quantized = _quantize_weight(weight, per_channel_axis)
+    error = weight - quantized.astype("float32") * scale
+    return float(np.sum(error.astype("float64") ** 2) / max(np.sum(weight ** 2), 1e-30))
+
+
+def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8: (scale broadcastable to `weight`, int8 values)."""
+    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+    scale = np.abs(weight).max(axis=reduce_axes, keepdims=True) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype("float32")
+    return scale, np.clip(np.round(weight / scale), -127, 127).astype("int8")
+
+
+def _threshold(values: np.ndarray, absmax: float, method: Method, percentile: float,
+               levels: int) -> float:
+    if absmax == 0.0 or method == "minmax":
+        return absmax
+    if method == "percentile":
+        return float(min(absmax, np.percentile(values, percentile)))
+    return _kl_threshold(values, absmax, levels)
+
+
+def _kl_threshold(values: np.ndarray, absmax: float, levels: int) -> float:
+    """The threshold whose `levels`-bin quantized histogram is closest (KL) to the float one.
+
+    Exact zeros (half of every ReLU output) are left out: with a zero point of 0 they quantize
+    exactly at any threshold, and their spike in the first bin would pull the threshold down."""
+    hist, edges = np.histogram(values[values != 0], bins=HISTOGRAM_BINS, range=(0.0, absmax))
+    hist = hist.astype("float64")
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = hist[i:].sum()
+    best, best_kl = HISTOGRAM_BINS, np.inf
+    for i in range(levels + 1, HISTOGRAM_BINS + 1, 4):
+        reference = hist[:i].copy()
+        reference[-1] += tail[i]  # what clipping at edges[i] does to the outliers
+        bounds = np.linspace(0, i, levels + 1).astype(int)
+        used = (hist[:i] > 0).astype("float64")
+        sums = np.add.reduceat(hist[:i], bounds[:-1])
+        counts = np.add.reduceat(used, bounds[:-1])
+        expanded = np.repeat(sums / np.maximum(counts, 1), np.diff(bounds)) * used
+        p = reference / reference.sum()
+        q = expanded / max(expanded.sum(), 1e-30)
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return float(edges[best])
+
+
+def _expose(mod, tensors: list):
+    """The model with every calibrated tensor added to its outputs."""
+    import tvm
+    from tvm import relax
+
+    func = mod["main"]
+    # Dataflow variables cannot leave their block: outputs of the block become plain Vars,
+    # found again by position since names are not unique.
+    where = {}
+    for b, block in enumerate(func.body.blocks):
+        for i, binding in enumerate(block.bindings):
+            where[binding.var] = (b, i)
+    positions = [where.get(t) for t in tensors]
+    plain = relax.transform.ToNonDataflow()(mod)["main"]
+    outputs = [plain.params[func.params.index(t)] if pos is None
+               else plain.body.blocks[pos[0]].bindings[pos[1]].var
+               for t, pos in zip(tensors, positions, strict=True)]
+    body = relax.BlockBuilder().normalize(
+        relax.SeqExpr(plain.body.blocks, relax.Tuple([plain.body.body, *outputs])))
+    return tvm.IRModule({"main": relax.Function(plain.params, body, attrs=plain.attrs)})
+
+
+def compile_for_host(mod):
+    """`mod` compiled for this machine (untuned): a function from one input to its outputs."""
+    import tvm
+    from tvm import relax
+
+    from pipeline.devices import detect_host_target
+    from pipeline.lowering import lower
+
+    target = tvm.target.Target(detect_host_target())
+    executable = tvm.compile(lower(mod, target), target=target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        result = vm["main"](tvm.runtime.tensor(x))
+        if hasattr(result, "numpy"):
+            return [result.numpy()]
+        return [r.numpy() for r in result]
+
+    return run
+
+
+# --- rewrite -----------------------------------------------------------------------------------
+
+def apply_int8(mod, plan: Int8Plan, keep_float: frozenset[str] = frozenset()):
+    """`mod` with every planned layer not in `keep_float` computing in int8 (see module doc)."""
+    import tvm
+    from tvm import relax
+
+    func = mod["main"]
+    layers, calls, _ = quantizable_layers(func)
+    unknown = keep_float - {layer.name for layer in layers}
+    if unknown:
+        raise UserError(f"--keep-float names {sorted(unknown)}, which the model does not have; "
+                        f"its layers are {layers[0].name} to {layers[-1].name}.")
+    chosen = [(call, layer) for call, layer in zip(calls, layers, strict=True)
+              if layer.name not in keep_float]
+
+    @relax.expr_functor.mutator
+    class Int8Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            new = super().visit_call_(call)
+            for original, layer in chosen:
+                if original.same_as(call):
+                    return _int8_call(self.builder_, new, layer, plan.ranges[layer.tensor])
+            return new
+
+    rewritten = Int8Rewriter(mod).visit_expr(func)
+    return tvm.IRModule({"main": rewritten})
+
+
+def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
+    """int8 (or uint8) x int8 -> int32 version of `call`, rescaled to float32."""
+    from tvm import relax
+
+    data, weight = call.args
+    w = weight.value.numpy()
+    is_conv = _op_name(call) == "relax.nn.conv2d"
+    w_scale, w_int8 = _quantize_weight(w, _channel_axis(call))
+    levels, dtype = (255, "uint8") if layer.unsigned else (127, "int8")
+    if tensor_range.channel_thresholds is not None:
+        x_scale = np.array(tensor_range.channel_thresholds, "float32") / levels
+        inverse = relax.const((1.0 / x_scale).reshape(1, -1, 1, 1).astype("float32"))
+    else:
+        x_scale = (tensor_range.threshold if tensor_range.threshold > 0 else 1.0) / levels
+        # Not a 0-d constant: those are inlined into the TIR kernels, which would make every
+        # kernel's tuning record depend on the calibration. As a tensor it stays an argument.
+        inverse = relax.const(np.full([1] * data.ty.ndim, 1.0 / x_scale, "float32"))
+    q = _quantize(data, inverse, 0 if layer.unsigned else -levels, levels, dtype)
+    if is_conv:
+        attrs = call.attrs
+        acc = relax.op.nn.conv2d(q, relax.const(w_int8), strides=attrs.strides,
+                                 padding=attrs.padding, dilation=attrs.dilation,
+                                 groups=attrs.groups, data_layout=str(attrs.data_layout),
+                                 kernel_layout=str(attrs.kernel_layout),
+                                 out_layout=str(attrs.out_layout), out_dtype="int32")
+        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
+    else:
+        acc = relax.op.matmul(q, relax.const(w_int8), out_dtype="int32")
+        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
+    acc = builder.emit(acc)
+    return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale.astype("float32")))
+
+
+def _channel_axis(call) -> int:
+    """Output channels of the weight: axis 0 of OIHW conv weights, the last of (K, N) matmul's."""
+    return 0 if _op_name(call) == "relax.nn.conv2d" else call.args[1].ty.ndim - 1
+
+
+def _quantize(data, inverse_scale, low: int, high: int, dtype: str):
+    """round(x / scale) clamped to [low, high], as elementwise ops that FuseOps fuses into the
+    producer and ConvertLayout passes through (relax.quantize and clip would need transposes)."""
+    from tvm import relax
+
+    scaled = relax.op.round(relax.op.multiply(data, inverse_scale))
+    clamped = relax.op.minimum(relax.op.maximum(scaled, relax.const(float(low), "float32")),
+                               relax.const(float(high), "float32"))
+    return relax.op.astype(clamped, dtype)
+
+
+def rank_by_noise(mod, plan: Int8Plan) -> list[str]:
+    """Layer names, noisiest int8 first: relative error power of the input's quantization plus
+    that of the weights'. A cheap stand-in for measuring each layer's effect on the output."""
+    layers, calls, _ = quantizable_layers(mod["main"])
+    score = {layer.name: plan.ranges[layer.tensor].noise
+             + weight_noise(call.args[1].value.numpy(), _channel_axis(call))
+             for layer, call in zip(layers, calls, strict=True)}
+    return sorted(score, key=lambda name: -score[name])
+
+
+def plan_to_json(plan: Int8Plan) -> str:
+    """The calibration result, bundled with the artifact: a rebuild applies it as recorded
+    instead of calibrating again (float results may differ in the last bit on another CPU)."""
+    import json
+    from dataclasses import asdict
+
+    return json.dumps(asdict(plan), indent=1, sort_keys=True) + "\n"
+
+
+def plan_from_json(text: str, where: str) -> Int8Plan:
+    import json
+
+    try:
+        raw = json.loads(text)
+        ranges = []
+        for r in raw["ranges"]:
+            if r.get("channel_thresholds") is not None:
+                r = {**r, "channel_thresholds": tuple(r["channel_thresholds"])}
+            ranges.append(TensorRange(**r))
+        return Int8Plan(tuple(Layer(**layer) for layer in raw["layers"]), tuple(ranges),
+                        raw["method"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{where}: not a calibration record ({err}); the artifact is damaged."
+                        ) from None

@@ -1,0 +1,239 @@
+"""The quantize stage: fp32 as imported, int8 calibrated on sample data, or fp16; and the
+quantized model's accuracy against the fp32 one, gated before any tuning time is spent.
+
+int8 mechanics (calibration, the Relax rewrite) are in `pipeline.int8`. When int8 loses more
+than allowed on the calibration data, the accuracy fallback keeps the layers with the noisiest
+quantization in float, a few more at a time, up to `fallback_limit` layers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+
+from pipeline import accuracy, int8
+from pipeline.artifact import Accuracy, DataInfo, Quantization
+from pipeline.datasets import CALIBRATION_SEED, EVALUATION_SEED, Dataset, load_dataset
+from pipeline.devices import DeviceConfig
+from pipeline.errors import UserError
+from pipeline.importer import ImportedModel
+from pipeline.models import LoadedModel
+
+Mode = Literal["none", "int8", "fp16"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    mode: Mode = "none"
+    method: int8.Method = "percentile"
+    percentile: float = 99.99
+    calibration: str = "builtin"
+    calibration_count: int = 64
+    eval_data: str | None = None  # None: the calibration source (builtin: other crops)
+    eval_count: int = 200
+    keep_float: frozenset[str] = field(default_factory=frozenset)
+    fallback_limit: int = 8  # layers the accuracy fallback may keep in float (0: none)
+    max_drop_points: float = 1.0
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"--quantize '{self.mode}' is not one of {', '.join(MODES)}.")
+        if self.method not in int8.METHODS:
+            raise UserError(f"--calibration-method '{self.method}' is not one of "
+                            f"{', '.join(int8.METHODS)}.")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UserError(f"--percentile {self.percentile} must be in (50, 100].")
+        if self.calibration_count < 1 or self.eval_count < 1 or self.fallback_limit < 0:
+            raise UserError("--calibration-count and --eval-count must be >= 1, "
+                            "--fallback-limit >= 0.")
+        if self.max_drop_points < 0:
+            raise UserError(f"--max-accuracy-drop {self.max_drop_points} must be >= 0.")
+
+    @property
+    def variant(self) -> str:
+        return "fp32" if self.mode == "none" else self.mode
+
+
+@dataclass(frozen=True)
+class Quantized:
+    mod: object  # the Relax module to lower, tune and build
+    variant: str
+    quantization: Quantization | None  # None for fp32
+    accuracy: Accuracy | None
+    # The quantized model compiled for this machine: the reference that board runs of the
+    # artifact are checked against (the framework computes no int8). None for fp32.
+    reference: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
+    plan: int8.Int8Plan | None = None  # int8: the calibration, bundled with the artifact
+
+
+def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
+             options: QuantizeOptions, out=None) -> Quantized:
+    out = out or sys.stderr
+    if options.mode == "none":
+        return Quantized(imported.mod, "fp32", None, None)
+    _require_capability(device, options.mode)
+    if options.mode == "fp16":
+        mod, info, plan = apply_fp16(imported.mod), Quantization("fp16", 0), None
+    else:
+        mod, info, plan = _int8(imported, model, options, out)
+    evaluation = _evaluation_data(model, options)
+    print(f"measuring {options.variant} against fp32 on {len(evaluation)} inputs from "
+          f"{evaluation.spec}", file=out)
+    run = _host_runner(mod)
+    quantized = np.concatenate([run(x[None]) for x in evaluation.inputs])
+    reference = np.concatenate([model.reference_output(x[None]) for x in evaluation.inputs])
+    report = accuracy.compare(reference, quantized, evaluation.labels, _info(evaluation),
+                              options.max_drop_points, forced=options.force)
+    print(f"  {accuracy.describe(report)}", file=out)
+    accuracy.require(report, options.variant)
+    if not accuracy.within(report):
+        print(f"warning: packaging with --force although the drop exceeds "
+              f"{options.max_drop_points:g} points", file=out)
+    return Quantized(mod, options.variant, info, report, run, plan)
+
+
+def requantize(mod, info: Quantization, plan: int8.Int8Plan | None):
+    """The quantized module of an existing artifact, from its manifest and calibration record
+    (no calibration, no accuracy run): what a rebuild compiles."""
+    if info.mode == "fp16":
+        return apply_fp16(mod)
+    if plan is None:
+        raise UserError("The int8 artifact has no calibration record; it cannot be rebuilt.")
+    return int8.apply_int8(mod, plan, frozenset(info.float_layers))
+
+
+def _require_capability(device: DeviceConfig, mode: str) -> None:
+    if mode not in device.capabilities:
+        have = ", ".join(sorted(device.capabilities)) or "none"
+        hint = ("no fp16 arithmetic" if mode == "fp16" else "no int8 support")
+        raise UserError(f"Device class '{device.name}' has {hint} (capabilities: {have} in "
+                        f"{device.source}), so it gets no {mode} artifact. Use --quantize int8 "
+                        f"or none, or a device class whose CPUs have {mode}.")
+
+
+def apply_fp16(mod):
+    """Convolutions and matmuls in fp16 (weights and accumulation); input and output stay
+    float32."""
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([
+        relax.transform.ToMixedPrecision(out_dtype="float16"),
+        relax.transform.FoldConstant(),
+    ])(mod)
+
+
+def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions, out):
+    calibration = load_dataset(options.calibration, model.input_shape, options.calibration_count,
+                               CALIBRATION_SEED)
+    print(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
+          f"{calibration.spec}", file=out)
+    plan, fp32_outputs = int8.calibrate(imported.mod, calibration.inputs, options.method,
+                                        options.percentile, out=out)
+    keep = frozenset(options.keep_float)
+    mod = int8.apply_int8(imported.mod, plan, keep)
+    fallback: list[str] = []
+    if options.fallback_limit:
+        mod, fallback = _fallback(imported.mod, plan, keep, mod, calibration, fp32_outputs,
+                                  options, out)
+    floats = tuple(sorted(keep | set(fallback), key=_layer_order))
+    info = Quantization("int8", len(plan.layers) - len(floats), floats, tuple(fallback),
+                        options.method,
+                        options.percentile if options.method == "percentile" else None,
+                        _info(calibration))
+    return mod, info, plan
+
+
+def _fallback(fp32_mod, plan: int8.Int8Plan, keep: frozenset[str], mod, calibration: Dataset,
+              fp32_outputs: np.ndarray, options: QuantizeOptions, out):
+    """Keep the noisiest layers in float (1, 2, 4, ... of them) until int8 is within the
+    threshold on the calibration data, or `fallback_limit` layers are float."""
+    ranked = [name for name in int8.rank_by_noise(fp32_mod, plan) if name not in keep]
+    chosen: list[str] = []
+    while True:
+        run = _host_runner(mod)
+        outputs = np.concatenate([run(x[None]) for x in calibration.inputs])
+        check = accuracy.compare(fp32_outputs, outputs, calibration.labels, _info(calibration),
+                                 options.max_drop_points)
+        if accuracy.within(check) or len(chosen) >= min(options.fallback_limit, len(ranked)):
+            return mod, chosen
+        more = max(1, len(chosen))
+        chosen = ranked[:min(len(chosen) + more, options.fallback_limit)]
+        print(f"  fallback: {check.drop_points:.2f} points lost on the calibration data; "
+              f"keeping {', '.join(chosen)} in float", file=out)
+        mod = int8.apply_int8(fp32_mod, plan, keep | frozenset(chosen))
+
+
+def _layer_order(name: str) -> tuple[str, int]:
+    kind, _, index = name.rpartition("_")
+    return kind, int(index)
+
+
+def _evaluation_data(model: LoadedModel, options: QuantizeOptions) -> Dataset:
+    spec = options.eval_data or options.calibration
+    seed = EVALUATION_SEED if spec == "builtin" else CALIBRATION_SEED
+    return load_dataset(spec, model.input_shape, options.eval_count, seed)
+
+
+def _info(data: Dataset) -> DataInfo:
+    return DataInfo(data.spec, len(data), data.sha256)
+
+
+def _host_runner(mod) -> Callable[[np.ndarray], np.ndarray]:
+    run = int8.compile_for_host(mod)
+    return lambda x: run(x)[0]
+
+
+def add_quantize_arguments(parser) -> None:
+    """The --quantize family, shared by pipeline.tune and pipeline.build."""
+    group = parser.add_argument_group(
+        "quantization",
+        "int8: post-training quantization calibrated on sample data (per-channel symmetric int8 "
+        "weights, one scale per activation tensor), computing int8 x int8 -> int32. fp16: only "
+        "for device classes with fp16 arithmetic. The quantized model is measured against fp32 "
+        "before tuning; an artifact that loses more than --max-accuracy-drop is not packaged. "
+        "Data SOURCE: 'builtin' (crops of scikit-image's photos, image models), a folder of "
+        "images, a .npy of inputs, or a .npz with 'inputs' and optional 'labels'.")
+    group.add_argument("--quantize", choices=MODES, default="none",
+                       help="numeric format of the artifact (default: none, i.e. fp32)")
+    group.add_argument("--calibration", default="builtin", metavar="SOURCE",
+                       help="int8 calibration data (default: builtin)")
+    group.add_argument("--calibration-method", choices=int8.METHODS, default="percentile",
+                       help="how activation ranges are chosen (default: percentile)")
+    group.add_argument("--percentile", type=float, default=99.99, metavar="P",
+                       help="clip activations at this percentile of |x| (default: 99.99)")
+    group.add_argument("--calibration-count", type=int, default=64, metavar="N",
+                       help="calibration inputs to use (default: 64)")
+    group.add_argument("--eval-data", metavar="SOURCE",
+                       help="accuracy data (default: the calibration source; for builtin, other "
+                            "crops). With labels, the drop is in accuracy points")
+    group.add_argument("--eval-count", type=int, default=200, metavar="N",
+                       help="accuracy inputs to use (default: 200)")
+    group.add_argument("--keep-float", default="", metavar="LAYER,...",
+                       help="layers to leave in float, e.g. conv2d_0,matmul_0 (names are "
+                            "printed by the accuracy fallback and stored in the manifest)")
+    group.add_argument("--fallback-limit", type=int, default=8, metavar="N",
+                       help="most layers the accuracy fallback may keep in float (default: 8; "
+                            "0 turns it off)")
+    group.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                       help="refuse to package when accuracy drops by more (labels), or when "
+                            "more than POINTS%% of top-1 classes change (default: 1.0)")
+    group.add_argument("--force", action="store_true",
+                       help="package even when the drop exceeds --max-accuracy-drop (recorded "
+                            "in the manifest)")
+
+
+def options_from_args(args) -> QuantizeOptions:
+    keep = frozenset(name.strip() for name in args.keep_float.split(",") if name.strip())
+    return QuantizeOptions(
+        mode=args.quantize, method=args.calibration_method, percentile=args.percentile,
+        calibration=args.calibration, calibration_count=args.calibration_count,
+        eval_data=args.eval_data, eval_count=args.eval_count, keep_float=keep,
+        fallback_limit=args.fallback_limit, max_drop_points=args.max_accuracy_drop,
+        force=args.force)

@@ -1,0 +1,150 @@
+"""int8 and fp16: calibration, the int8 rewrite, what the compiled module computes in, the
+accuracy gate, and a digits CNN trained here whose int8 artifact must stay within a point."""
+
+import numpy as np
+import pytest
+
+from pipeline import build, int8
+from pipeline.artifact import CALIBRATION_NAME, read_manifest
+from pipeline.datasets import load_dataset
+from pipeline.devices import load_device
+from pipeline.errors import UserError
+from pipeline.flow import run_job
+from pipeline.importer import import_model
+from pipeline.models import load_model
+from pipeline.quantize import QuantizeOptions, quantize
+from pipeline.rebuild import rebuild
+from tests import digits
+
+FAST = {"calibration_count": 8, "eval_count": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny_imported(tiny_model):
+    return import_model(tiny_model)
+
+
+def _eight_bit(operands: tuple[str, str]) -> bool:
+    return operands[0] in ("int8", "uint8") and operands[1] == "int8"
+
+
+def test_int8_library_computes_every_conv_and_matmul_in_int8(tmp_path, tiny_model, tiny_imported,
+                                                             host_device):
+    quantized = quantize(tiny_imported, tiny_model, host_device,
+                         QuantizeOptions(mode="int8", **FAST))
+    assert quantized.quantization.int8_layers == 5
+    built = build.build_library(quantized.mod, host_device, None, tmp_path / "lib.so")
+    # Five quantized layers, five kernels, each fed 8-bit data and int8 weights: no float
+    # convolution or matmul is left in the module that code generation received.
+    assert len(built.operands) == 5
+    assert all(_eight_bit(ops) for ops in built.operands.values()), built.operands
+    # uint8 where the input is a ReLU6 output, int8 where it may be negative (the image).
+    assert sorted(ops[0] for ops in built.operands.values()).count("uint8") == 3
+    # Requantization is fused: some int8 kernel ends in the next layer's round-and-cast.
+    assert any("conv2d" in name and "round" in name for name in built.operands)
+    report = quantized.accuracy
+    assert report.sqnr_db > 25 and report.top1_agreement >= 0.9
+
+
+def test_the_int8_check_sees_a_float_layer(tmp_path, tiny_model, tiny_imported, host_device):
+    quantized = quantize(tiny_imported, tiny_model, host_device,
+                         QuantizeOptions(mode="int8", keep_float=frozenset({"conv2d_0"}), **FAST))
+    built = build.build_library(quantized.mod, host_device, None, tmp_path / "lib.so")
+    floats = [name for name, ops in built.operands.items() if not _eight_bit(ops)]
+    assert len(floats) == 1 and built.operands[floats[0]] == ("float32", "float32")
+    assert quantized.quantization.float_layers == ("conv2d_0",)
+
+
+def test_int8_weights_are_stored_as_int8(tiny_model, tiny_imported, host_device):
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    quantized = quantize(tiny_imported, tiny_model, host_device,
+                         QuantizeOptions(mode="int8", **FAST))
+    sizes: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, Constant) and getattr(expr.value, "ndim", 0) >= 2:
+            sizes[expr.value.dtype] = sizes.get(expr.value.dtype, 0) + expr.value.numpy().size
+
+    relax.analysis.post_order_visit(quantized.mod["main"], visit)
+    assert sizes.get("int8", 0) > 0 and sizes.get("float32", 0) < sizes["int8"] / 4
+
+
+def test_calibration_methods_choose_different_ranges():
+    rng = np.random.default_rng(0)
+    heavy = np.abs(rng.standard_t(2, 200_000)).astype("float32")  # long tail
+    relu = np.concatenate([heavy, np.zeros(200_000, "float32")])  # half exact zeros
+    top = float(heavy.max())
+    assert int8._threshold(heavy, top, "minmax", 99.99, 127) == top
+    percentile = int8._threshold(heavy, top, "percentile", 99.99, 127)
+    assert percentile == pytest.approx(np.percentile(heavy, 99.99))
+    entropy = int8._threshold(heavy, top, "entropy", 99.99, 127)
+    assert 0 < entropy < top
+    # Exact zeros quantize exactly at any threshold: they must not pull the KL threshold down.
+    assert int8._threshold(relu, top, "entropy", 99.99, 127) == pytest.approx(entropy, rel=0.05)
+
+
+def test_the_accuracy_gate_refuses_and_force_records_it(tiny_model, tiny_imported, host_device):
+    # The entropy method clips tiny-cnn's seeded activations hard: a real, reproducible drop.
+    options = QuantizeOptions(mode="int8", method="entropy", fallback_limit=0, **FAST)
+    with pytest.raises(UserError, match="not packaged.*--force"):
+        quantize(tiny_imported, tiny_model, host_device, options)
+    forced = quantize(tiny_imported, tiny_model, host_device,
+                      QuantizeOptions(mode="int8", method="entropy", fallback_limit=0,
+                                      force=True, **FAST))
+    assert forced.accuracy.forced and forced.accuracy.drop_points > 1.0
+
+
+def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, host_device):
+    options = QuantizeOptions(mode="int8", method="entropy", fallback_limit=5, **FAST)
+    quantized = quantize(tiny_imported, tiny_model, host_device, options)
+    assert quantized.quantization.fallback_layers
+    assert set(quantized.quantization.fallback_layers) <= set(quantized.quantization.float_layers)
+    assert quantized.accuracy.drop_points <= 1.0
+
+
+def test_fp16_is_refused_where_the_cpu_has_none(tiny_model, tiny_imported):
+    with pytest.raises(UserError, match="arm-a53.*no fp16 arithmetic"):
+        quantize(tiny_imported, tiny_model, load_device("arm-a53"), QuantizeOptions(mode="fp16"))
+
+
+def test_calibration_data_sources_and_their_errors(tmp_path):
+    builtin = load_dataset("builtin", (1, 3, 32, 32), 4, 0)
+    assert builtin.inputs.shape == (4, 3, 32, 32) and builtin.labels is None
+    assert load_dataset("builtin", (1, 3, 32, 32), 4, 0).sha256 == builtin.sha256
+    assert load_dataset("builtin", (1, 3, 32, 32), 4, 1).sha256 != builtin.sha256
+    from skimage import data, io
+
+    (tmp_path / "images").mkdir()
+    io.imsave(tmp_path / "images" / "cat.png", data.chelsea())
+    folder = load_dataset(str(tmp_path / "images"), (1, 3, 16, 16), 8, 0)
+    assert folder.inputs.shape == (1, 3, 16, 16)
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((3, 1, 8, 8), "float32"), labels=[1, 2, 3])
+    assert list(load_dataset(str(tmp_path / "d.npz"), (1, 1, 8, 8), 10, 0).labels) == [1, 2, 3]
+    np.save(tmp_path / "bad.npy", np.zeros((3, 8, 8), "float32"))
+    with pytest.raises(UserError, match="N x \\[1, 8, 8\\]"):
+        load_dataset(str(tmp_path / "bad.npy"), (1, 1, 8, 8), 10, 0)
+    with pytest.raises(UserError, match="image model"):
+        load_dataset("builtin", (1, 64), 4, 0)
+
+
+@pytest.mark.slow
+def test_digits_cnn_int8_artifact_within_one_point(tmp_path, host_device, host_farm):
+    calibration, heldout = digits.write_data(tmp_path / "data")
+    model = load_model("tests.digits:digits_cnn", (1, 1, 8, 8))
+    options = QuantizeOptions(mode="int8", calibration=str(calibration), eval_data=str(heldout),
+                              eval_count=1000)
+    result = run_job(host_device, model, 0, host_farm, tmp_path / "artifact", tmp_path / "logs",
+                     options=options)
+    manifest = read_manifest(result.artifact)
+    report = manifest.accuracy
+    assert manifest.variant == "int8" and report.eval_data.count == 540
+    assert report.reference_accuracy > 0.95
+    assert report.accuracy >= report.reference_accuracy - 0.01, report
+    assert manifest.quantization.calibration.sha256 == load_dataset(
+        str(calibration), (1, 1, 8, 8), 64, 0).sha256
+    assert CALIBRATION_NAME in manifest.files
+    assert manifest.verification.max_abs_error < 0.05 * 10
+    # The recorded calibration rebuilds the same library without calibrating again.
+    assert rebuild(result.artifact).identical
