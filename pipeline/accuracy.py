@@ -47,7 +47,6 @@ def describe(report: Accuracy) -> str:
     if report.accuracy is not None and report.reference_accuracy is not None:
         parts.append(f"accuracy {100 * report.accuracy:.2f}% (fp32 "
                      f"{100 * report.reference_accuracy:.2f}%)")
-    parts.append(f"drop {report.drop_points:.2f} points (max {report.max_drop_points:g})")
     return ", ".join(parts) + f" on {report.eval_data.count} inputs from {report.eval_data.spec}"
 
 
@@ -61,6 +60,6 @@ def require(report: Accuracy, variant: str) -> None:
         return
     raise UserError(
         f"the {variant} model loses {report.drop_points:.2f} points against fp32 (allowed: "
-        f"{report.max_drop_points:g}; {describe(report)}): not packaged. Try another "
+        f"{report.max_drop_points:g}): {describe(report)}. Not packaged. Try another "
         f"--calibration-method or more --calibration data, keep sensitive layers in float "
         f"with --keep-float, raise --max-accuracy-drop, or package anyway with --force.")

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import logs
 from pipeline.artifact import (
     ARTIFACT_ROOT,
@@ -34,10 +32,10 @@ from pipeline.artifact import (
     write_artifact,
 )
 from pipeline.build import build_library
-from pipeline.int8 import plan_to_json
 from pipeline.devices import DeviceConfig, load_device
 from pipeline.errors import EXIT_USER_ERROR, UserError
 from pipeline.importer import import_model
+from pipeline.int8 import plan_to_json
 from pipeline.logs import sha256_file
 from pipeline.lowering import lower
 from pipeline.models import LoadedModel, load_model
@@ -47,6 +45,7 @@ from pipeline.verify import run_on_board, tolerance, verification
 from rpc.local import local_farm
 from rpc.tracker import TrackerAddress, parse_address, wait_for_boards
 
+FP32 = QuantizeOptions()
 TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
 
 
@@ -59,7 +58,7 @@ class JobResult:
 def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
             tracker: TrackerAddress | None, out_dir: Path | None = None,
             log_root: Path = logs.LOG_ROOT, out=None, verify: bool = True,
-            options: QuantizeOptions = QuantizeOptions()) -> JobResult | None:
+            options: QuantizeOptions = FP32) -> JobResult | None:
     """Quantize as `options` say, tune up to `trials` (0: build from the logs as they are),
     build, verify, package.
 
@@ -116,7 +115,8 @@ def _verify(lib: Path, model: LoadedModel, quantized: Quantized, device: DeviceC
     if quantized.reference is None:
         reference, against = model.reference_output(x), "the framework"
     else:
-        reference, against = quantized.reference(x), f"the {quantized.variant} model on this machine"
+        reference = quantized.reference(x)
+        against = f"the {quantized.variant} model on this machine"
     print(f"verifying on a '{device.rpc_key}' board via {address} against {against}", file=out)
     wait_for_boards(address, device.rpc_key)
     run = run_on_board(lib, address, device.rpc_key, x)

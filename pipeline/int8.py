@@ -136,9 +136,8 @@ def _non_negative(expr, bindings) -> bool:
 # --- calibration -------------------------------------------------------------------------------
 
 def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99,
-              out=None) -> tuple[Int8Plan, np.ndarray]:
-    """Run the float model on `inputs` (N, ...) and choose a clipping threshold per tensor.
-    Also returns the float model's outputs on `inputs`."""
+              out=None) -> Int8Plan:
+    """Run the float model on `inputs` (N, ...) and choose a clipping threshold per tensor."""
     out = out or sys.stderr
     layers, _, tensors = quantizable_layers(mod["main"])
     if not layers:
@@ -151,10 +150,8 @@ def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99
     absmax = np.zeros(len(tensors))
     samples: list[list[np.ndarray]] = [[] for _ in tensors]
     sums: list[np.ndarray | float] = [0.0] * len(tensors)
-    reference = []
     for i, x in enumerate(inputs):
-        output, *values = run(x[None])
-        reference.append(output)
+        _, *values = run(x[None])
         for t, value in enumerate(values):
             sums[t] = sums[t] + _channel_means(value)
             magnitude = np.abs(value[0]).astype("float32")
@@ -186,7 +183,7 @@ def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99
         threshold = _threshold(values, float(absmax[t]), method, percentile, levels)
         ranges.append(TensorRange(float(absmax[t]), threshold,
                                   _relative_noise(values, threshold, levels), None, means))
-    return Int8Plan(tuple(layers), tuple(ranges), method), np.concatenate(reference)
+    return Int8Plan(tuple(layers), tuple(ranges), method)
 
 
 def _channel_means(value: np.ndarray) -> np.ndarray:

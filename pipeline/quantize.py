@@ -2,8 +2,9 @@
 quantized model's accuracy against the fp32 one, gated before any tuning time is spent.
 
 int8 mechanics (calibration, the Relax rewrite) are in `pipeline.int8`. When int8 loses more
-than allowed on the calibration data, the accuracy fallback keeps the layers with the noisiest
-quantization in float, a few more at a time, up to `fallback_limit` layers.
+than allowed on the evaluation data, the accuracy fallback keeps layers in float, a few more at a
+time, up to `fallback_limit` layers. The figures are then measured on the data that chose the
+fallback: benchmarks measure on other inputs (bench/int8_efficientnet_lite0.py does).
 """
 
 from __future__ import annotations
@@ -78,24 +79,32 @@ def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
     if options.mode == "none":
         return Quantized(imported.mod, "fp32", None, None)
     _require_capability(device, options.mode)
+    evaluation = _evaluation_data(model, options)
+    reference = np.concatenate([model.reference_output(x[None]) for x in evaluation.inputs])
     if options.mode == "fp16":
         mod, info, plan = apply_fp16(imported.mod), Quantization("fp16", 0), None
+        report, run = _measure(mod, evaluation, reference, options, out)
     else:
-        mod, info, plan = _int8(imported, model, options, out)
-    evaluation = _evaluation_data(model, options)
-    print(f"measuring {options.variant} against fp32 on {len(evaluation)} inputs from "
-          f"{evaluation.spec}", file=out)
-    run = _host_runner(mod)
-    quantized = np.concatenate([run(x[None]) for x in evaluation.inputs])
-    reference = np.concatenate([model.reference_output(x[None]) for x in evaluation.inputs])
-    report = accuracy.compare(reference, quantized, evaluation.labels, _info(evaluation),
-                              options.max_drop_points, forced=options.force)
-    print(f"  {accuracy.describe(report)}", file=out)
+        mod, info, plan, report, run = _int8(imported, model, options, evaluation, reference,
+                                             out)
     accuracy.require(report, options.variant)
     if not accuracy.within(report):
         print(f"warning: packaging with --force although the drop exceeds "
               f"{options.max_drop_points:g} points", file=out)
     return Quantized(mod, options.variant, info, report, run, plan)
+
+
+def _measure(mod, evaluation: Dataset, reference: np.ndarray, options: QuantizeOptions, out):
+    """The quantized model, compiled for this machine, against fp32 on the evaluation data."""
+    print(f"measuring {options.variant} against fp32 on {len(evaluation)} inputs from "
+          f"{evaluation.spec}", file=out)
+    run = _host_runner(mod)
+    outputs = np.concatenate([run(x[None]) for x in evaluation.inputs])
+    report = accuracy.compare(reference, outputs, evaluation.labels, _info(evaluation),
+                              options.max_drop_points, forced=options.force)
+    print(f"  {accuracy.describe(report)}: {report.drop_points:.2f} points lost (allowed: "
+          f"{report.max_drop_points:g})", file=out)
+    return report, run
 
 
 def requantize(mod, info: Quantization, plan: int8.Int8Plan | None):
@@ -129,45 +138,34 @@ def apply_fp16(mod):
     ])(mod)
 
 
-def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions, out):
+def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
+          evaluation: Dataset, reference: np.ndarray, out):
+    """Calibrate, rewrite, measure; while the drop is over the threshold, keep more layers in
+    float (the accuracy fallback: 1, 2, 4, ... up to `fallback_limit`, input layers first, then
+    the noisiest)."""
     calibration = load_dataset(options.calibration, model.input_shape, options.calibration_count,
                                CALIBRATION_SEED)
     print(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
           f"{calibration.spec}", file=out)
-    plan, fp32_outputs = int8.calibrate(imported.mod, calibration.inputs, options.method,
-                                        options.percentile, out=out)
+    plan = int8.calibrate(imported.mod, calibration.inputs, options.method, options.percentile,
+                          out=out)
     keep = frozenset(options.keep_float)
-    mod = int8.apply_int8(imported.mod, plan, keep)
+    ranked = [name for name in int8.rank_by_noise(imported.mod, plan) if name not in keep]
+    limit = min(options.fallback_limit, len(ranked))
     fallback: list[str] = []
-    if options.fallback_limit:
-        mod, fallback = _fallback(imported.mod, plan, keep, mod, calibration, fp32_outputs,
-                                  options, out)
+    while True:
+        mod = int8.apply_int8(imported.mod, plan, keep | frozenset(fallback))
+        report, run = _measure(mod, evaluation, reference, options, out)
+        if accuracy.within(report) or len(fallback) >= limit:
+            break
+        fallback = ranked[:min(2 * len(fallback) or 1, limit)]
+        print(f"  accuracy fallback: keeping {', '.join(fallback)} in float", file=out)
     floats = tuple(sorted(keep | set(fallback), key=_layer_order))
     info = Quantization("int8", len(plan.layers) - len(floats), floats, tuple(fallback),
                         options.method,
                         options.percentile if options.method == "percentile" else None,
                         _info(calibration))
-    return mod, info, plan
-
-
-def _fallback(fp32_mod, plan: int8.Int8Plan, keep: frozenset[str], mod, calibration: Dataset,
-              fp32_outputs: np.ndarray, options: QuantizeOptions, out):
-    """Keep the noisiest layers in float (1, 2, 4, ... of them) until int8 is within the
-    threshold on the calibration data, or `fallback_limit` layers are float."""
-    ranked = [name for name in int8.rank_by_noise(fp32_mod, plan) if name not in keep]
-    chosen: list[str] = []
-    while True:
-        run = _host_runner(mod)
-        outputs = np.concatenate([run(x[None]) for x in calibration.inputs])
-        check = accuracy.compare(fp32_outputs, outputs, calibration.labels, _info(calibration),
-                                 options.max_drop_points)
-        if accuracy.within(check) or len(chosen) >= min(options.fallback_limit, len(ranked)):
-            return mod, chosen
-        more = max(1, len(chosen))
-        chosen = ranked[:min(len(chosen) + more, options.fallback_limit)]
-        print(f"  fallback: {check.drop_points:.2f} points lost on the calibration data; "
-              f"keeping {', '.join(chosen)} in float", file=out)
-        mod = int8.apply_int8(fp32_mod, plan, keep | frozenset(chosen))
+    return mod, info, plan, report, run
 
 
 def _layer_order(name: str) -> tuple[str, int]:

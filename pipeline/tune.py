@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             "examples:\n"
             "  python -m pipeline.tune --device x86-nuc --model efficientnet-lite0\n"
             "  python -m pipeline.tune --device host --model net.onnx --trials 200\n"
-            "  python -m pipeline.tune --device arm-a53 --model efficientnet-lite0 --quantize int8\n"
+            "  python -m pipeline.tune --device arm-a53 --model efficientnet-lite0 "
+            "--quantize int8\n"
             "  python -m rpc.farm up && "
             "python -m pipeline.tune --device arm-a53 --model tiny-cnn --tracker 127.0.0.1:9190\n\n"
             "Boards of ARM classes that are emulated (qemu) check results but are never timed."),

@@ -89,7 +89,7 @@ def test_calibration_methods_choose_different_ranges():
 def test_the_accuracy_gate_refuses_and_force_records_it(tiny_model, tiny_imported, host_device):
     # The entropy method clips tiny-cnn's seeded activations hard: a real, reproducible drop.
     options = QuantizeOptions(mode="int8", method="entropy", fallback_limit=0, **FAST)
-    with pytest.raises(UserError, match="not packaged.*--force"):
+    with pytest.raises(UserError, match="Not packaged.*--force"):
         quantize(tiny_imported, tiny_model, host_device, options)
     forced = quantize(tiny_imported, tiny_model, host_device,
                       QuantizeOptions(mode="int8", method="entropy", fallback_limit=0,
