@@ -149,3 +149,13 @@ def test_digits_cnn_int8_artifact_within_one_point(tmp_path, host_device, host_f
     assert manifest.verification.max_abs_error < 0.05 * 10
     # The recorded calibration rebuilds the same library without calibrating again.
     assert rebuild(result.artifact).identical
+
+
+def test_cli_refuses_fp16_for_arm_a53_before_starting_anything(tmp_path, capsys):
+    from pipeline.build import main
+
+    code = main(["--device", "arm-a53", "--model", "tiny-cnn", "--quantize", "fp16",
+                 "--out", str(tmp_path / "artifact"), "--logs", str(tmp_path / "logs")])
+    assert code == 2
+    assert "no fp16 arithmetic" in capsys.readouterr().err
+    assert not (tmp_path / "artifact").exists()
