@@ -83,10 +83,6 @@ def matmul_operands(mod) -> dict[str, tuple[str, str]]:
 
 
 def _called_kernels(mod) -> list:
-    return [func for _, func in _called_kernel_items(mod)]
-
-
-def _called_kernel_items(mod) -> list:
     """The TIR kernels that `main` calls (helpers such as weight re-tiling are folded away)."""
     import tvm
     from tvm import relax
@@ -95,7 +91,7 @@ def _called_kernel_items(mod) -> list:
     relax.analysis.post_order_visit(mod["main"], lambda e: names.add(e.args[0].name_hint)
                                     if isinstance(e, relax.Call) and e.op.same_as(
                                         tvm.ir.Op.get("relax.call_tir")) else None)
-    return [(name, mod[name]) for name in sorted(names)]
+    return [mod[name] for name in sorted(names)]
 
 
 def _export(executable, out_path: Path, compiler: str) -> None:

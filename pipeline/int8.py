@@ -201,16 +201,16 @@ def _channel_range(columns: np.ndarray, method: Method, percentile: float, level
     else:
         thresholds = np.minimum(maxima, np.percentile(columns, percentile, axis=1))
     thresholds = np.where(thresholds > 0, thresholds, 1.0)
-    scales = (thresholds / levels)[:, None]
-    error = columns - np.minimum(np.round(columns / scales), levels) * scales
-    noise = float(np.sum(error.astype("float64") ** 2)
-                  / max(np.sum(columns.astype("float64") ** 2), 1e-30))
-    return TensorRange(float(maxima.max()), float(thresholds.max()), noise,
+    return TensorRange(float(maxima.max()), float(thresholds.max()),
+                       _relative_noise(columns, thresholds[:, None], levels),
                        tuple(float(t) for t in thresholds))
 
 
-def _relative_noise(values: np.ndarray, threshold: float, levels: int) -> float:
-    if threshold <= 0:
+def _relative_noise(values: np.ndarray, threshold, levels: int) -> float:
+    """Error power of quantizing |values| at `threshold` (a float, or one per row) over their
+    power."""
+    threshold = np.asarray(threshold, dtype="float64")
+    if not np.all(threshold > 0):
         return 0.0
     scale = threshold / levels
     error = values - np.minimum(np.round(values / scale), levels) * scale
