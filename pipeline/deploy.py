@@ -49,7 +49,7 @@ def deploy(artifact: Path, board: Board, accept_new_host_key: bool = False,
         raise UserError(f"{artifact} is built for '{manifest.device.name}' and board "
                         f"'{board.name}' is a '{board.device.name}': pick a board of that class.")
     remote_dir = f"{board.ssh.workdir}/artifacts/{manifest.device.name}/{artifact.name}"
-    x, reference = _smoke_input(manifest)
+    x, reference = _smoke_input(artifact, manifest)
     with ssh.session(board.ssh, accept_new_host_key) as remote:
         print(f"pushing {artifact} to {board.name}:{remote_dir}", file=out)
         remote.check(f"rm -rf {shlex.quote(remote_dir)}", "clearing the old copy")
@@ -79,15 +79,17 @@ def deploy(artifact: Path, board: Board, accept_new_host_key: bool = False,
     error = None
     if reference is not None:
         error = float(np.max(np.abs(y.astype("float64") - reference.astype("float64"))))
-        allowed = tolerance(reference)
+        allowed = tolerance(reference, manifest.variant)
         if not error <= allowed:
-            raise UserError(f"On {board.name} the output differs from the framework by "
+            raise UserError(f"On {board.name} the output differs from the reference by "
                             f"{error:.3g} (tolerance {allowed:.3g}).")
     return DeployResult(board.name, remote_dir, len(manifest.files), tuple(y.shape), error,
                         float(report["ms_median"]), board.emulated)
 
 
-def _smoke_input(manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
+def _smoke_input(artifact: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
+    """An input and what the board must answer: the framework's output for fp32, the same
+    quantized model compiled for this machine for int8/fp16 (as verification at build time)."""
     from pipeline.models import load_model
 
     shape = tuple(manifest.model.input.shape)
@@ -98,7 +100,14 @@ def _smoke_input(manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
     if model is None or model.sha256 != manifest.model.sha256:  # not the model it was built from
         return np.random.default_rng(0).standard_normal(shape).astype("float32"), None
     x = model.sample_input()
-    return x, model.reference_output(x)
+    if manifest.quantization is None:
+        return x, model.reference_output(x)
+    from pipeline.importer import import_model
+    from pipeline.int8 import compile_for_host
+    from pipeline.rebuild import requantize_artifact
+
+    quantized = requantize_artifact(artifact, manifest, import_model(model).mod)
+    return x, compile_for_host(quantized)(x)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
