@@ -10,7 +10,9 @@ rewrite is ours, on the imported Relax module (NCHW, batch-norm folded, weights 
 - Activations: one scale per tensor, zero point 0. A tensor that is non-negative by
   construction (the output of ReLU/ReLU6) is quantized to uint8 (0..255), any other to int8
   (-127..127): a zero point of 0 keeps the convolutions' zero padding exact, and uint8 x int8 is
-  the operand order of x86's VNNI instructions.
+  the operand order of x86's VNNI instructions. Signed inputs of 1x1 convolutions and matmuls
+  (nothing to pad) are uint8 with zero point 128 instead, so that those run on VNNI too
+  (pipeline.vnni); the offset is subtracted exactly in int32.
 - The float epilogue (scale, bias, ReLU6, residual add) and the next layer's q(x) fuse into the
   int8 kernel (FuseOps), so requantization costs no extra pass over memory.
 
@@ -356,7 +358,12 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
         # Not a 0-d constant: those are inlined into the TIR kernels, which would make every
         # kernel's tuning record depend on the calibration. As a tensor it stays an argument.
         inverse = relax.const(np.full([1] * data.ty.ndim, 1.0 / x_scale, "float32"))
-    q = _quantize(data, inverse, 0 if layer.unsigned else -levels, levels, dtype)
+    # A signed input of a 1x1 convolution or a matmul is stored as uint8 with zero point 128:
+    # x86's VNNI multiplies uint8 by int8 only. With no padding to keep at zero, the offset
+    # comes back out exactly as 128 x each output channel's weight sum, in int32.
+    offset = 128 if not layer.unsigned and _is_pointwise(call) else 0
+    low = 0 if layer.unsigned else -levels
+    q = _quantize(data, inverse, low, levels, "uint8" if offset else dtype, offset)
     if is_conv:
         attrs = call.attrs
         acc = relax.op.nn.conv2d(q, relax.const(w_int8), strides=attrs.strides,
@@ -369,6 +376,10 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
         acc = relax.op.matmul(q, relax.const(w_int8), out_dtype="int32")
         scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
     acc = builder.emit(acc)
+    if offset:
+        in_axes = (1, 2, 3) if is_conv else (0,)
+        weight_sums = w_int8.astype("int32").sum(axis=in_axes).reshape(scale.shape)
+        acc = builder.emit(relax.op.subtract(acc, relax.const(offset * weight_sums)))
     rescaled = relax.op.multiply(relax.op.astype(acc, "float32"),
                                  relax.const(scale.astype("float32")))
     if not tensor_range.channel_mean:
@@ -391,19 +402,31 @@ def _rounding_shift(error: np.ndarray, mean: np.ndarray, call) -> np.ndarray:
     return np.sum(error.sum(axis=(2, 3)) * mean[channels], axis=1)
 
 
+def _is_pointwise(call) -> bool:
+    """A matmul, or a 1x1 convolution without padding or groups."""
+    if _op_name(call) != "relax.nn.conv2d":
+        return True
+    attrs = call.attrs
+    return ([int(d) for d in call.args[1].ty.shape][2:] == [1, 1] and int(attrs.groups) == 1
+            and all(int(p) == 0 for p in attrs.padding))
+
+
 def _channel_axis(call) -> int:
     """Output channels of the weight: axis 0 of OIHW conv weights, the last of (K, N) matmul's."""
     return 0 if _op_name(call) == "relax.nn.conv2d" else call.args[1].ty.ndim - 1
 
 
-def _quantize(data, inverse_scale, low: int, high: int, dtype: str):
-    """round(x / scale) clamped to [low, high], as elementwise ops that FuseOps fuses into the
-    producer and ConvertLayout passes through (relax.quantize and clip would need transposes)."""
+def _quantize(data, inverse_scale, low: int, high: int, dtype: str, offset: int = 0):
+    """round(x / scale) clamped to [low, high], plus `offset`, as elementwise ops that FuseOps
+    fuses into the producer and ConvertLayout passes through (relax.quantize and clip would
+    need transposes)."""
     from tvm import relax
 
     scaled = relax.op.round(relax.op.multiply(data, inverse_scale))
     clamped = relax.op.minimum(relax.op.maximum(scaled, relax.const(float(low), "float32")),
                                relax.const(float(high), "float32"))
+    if offset:
+        clamped = relax.op.add(clamped, relax.const(float(offset), "float32"))
     return relax.op.astype(clamped, dtype)
 
 

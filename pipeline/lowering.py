@@ -21,10 +21,18 @@ def lower(mod, target):
     import tvm
     from tvm import relax
 
+    from pipeline import vnni
+
+    # int8 layers in the packed layout VNNI tensorization needs, on CPUs that have it; the
+    # intrinsic must be registered wherever tuning records that name it are replayed.
+    packing = [vnni.pack_for_vnni()] if vnni.has_vnni(target) else []
+    if packing:
+        vnni.register_intrinsic()
     with target:
         return tvm.transform.Sequential([
             relax.transform.ConvertLayout(CPU_LAYOUTS),
             relax.transform.FoldConstant(),
+            *packing,
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.get_pipeline("zero"),

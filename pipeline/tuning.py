@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import logs
+from pipeline import logs, vnni
 from pipeline.devices import DeviceConfig
 from pipeline.verify import board_info
 from rpc.tracker import TrackerAddress, wait_for_boards
@@ -101,12 +101,11 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
           file=out)
     work_dir = WORK_ROOT / folder.parent.name / folder.name
     work_dir.mkdir(parents=True, exist_ok=True)
-    # The generic LLVM rules, also on VNNI CPUs (whose default adds auto-tensorization with
-    # dot_16x4_vnni): that intrinsic wants weights as [16 outputs][4 inputs] and our HWIO
-    # layout gives [4 inputs][16 outputs], so every tensorization attempt failed, and one such
-    # int8 candidate crashed the task scheduler in RemoveWeightLayoutRewriteBlock.
-    space = ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
-                                              mutator_probs="llvm")
+    # On VNNI CPUs, our rules that tensorize int8 kernels with our intrinsic (pipeline.vnni);
+    # elsewhere the generic LLVM rules.
+    space = (vnni.space_generator() if vnni.has_vnni(device.tvm_target()) else
+             ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
+                                               mutator_probs="llvm"))
     contexts, weights = extracted_tasks_to_tune_contexts(todo, str(work_dir), space=space,
                                                          seed=0)
     with _graceful_ctrl_c(progress, out):

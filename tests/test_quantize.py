@@ -38,8 +38,10 @@ def test_int8_library_computes_every_conv_and_matmul_in_int8(tmp_path, tiny_mode
     # convolution or matmul is left in the module that code generation received.
     assert len(built.operands) == 5
     assert all(_eight_bit(ops) for ops in built.operands.values()), built.operands
-    # uint8 where the input is a ReLU6 output, int8 where it may be negative (the image).
-    assert sorted(ops[0] for ops in built.operands.values()).count("uint8") == 3
+    # int8 only where the input may be negative and the kernel pads it (the image's 3x3
+    # convolution); uint8 elsewhere: ReLU6 outputs, and signed inputs of 1x1 convolutions and
+    # matmuls with zero point 128.
+    assert sorted(ops[0] for ops in built.operands.values()).count("uint8") == 4
     # Requantization is fused: some int8 kernel ends in the next layer's round-and-cast.
     assert any("conv2d" in name and "round" in name for name in built.operands)
     report = quantized.accuracy

@@ -1,0 +1,219 @@
+"""int8 on x86 CPUs with AVX-512 VNNI: our dot-product intrinsic, the layout it needs, and the
+MetaSchedule rules that tensorize with it.
+
+Why TVM 0.27's own VNNI path never built here (measured on this machine):
+- its intrinsic `dot_16x4_vnni` calls `llvm.x86.avx512.vpdpbusd.512` with <16 x i32> operands,
+  and the LLVM inside TVM 0.27 declares them <64 x i8>: every candidate failed LLVM's verifier;
+- the intrinsic reads weights as [16 outputs][4 inputs] contiguous; our HWIO weights give
+  [4 inputs][16 outputs], so no tensorization matched;
+- MetaSchedule vectorized the spatial loop just above the tensorized block, which is already a
+  vector instruction: "Cannot broadcast lanes=16 ... to N".
+So: our intrinsic with byte-vector operands, 1x1 convolutions and matmuls rewritten to read
+weights pre-packed as [N/16][K/4][16][4], and a postprocessor that unrolls such loops instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INTRIN = "edge_vnni_u8i8i32_16x4"
+LANES, GROUP = 16, 4  # int32 outputs per instruction, bytes summed into each
+
+
+def has_vnni(target) -> bool:
+    from tvm.target import codegen
+
+    return str(target.kind.name) == "llvm" and bool(
+        codegen.target_has_features("avx512vnni", target))
+
+
+def register_intrinsic() -> None:
+    """Register INTRIN once per process (tuning replays it, building too)."""
+    from tvm.s_tir import TensorIntrin
+
+    if TensorIntrin.get(INTRIN, allow_missing=True) is None:
+        desc, impl = _intrinsic_functions()
+        TensorIntrin.register(INTRIN, desc, impl)
+
+
+def _intrinsic_functions():
+    # Defined here, not imported from tvm.s_tir.tensor_intrin: importing that package parses
+    # every GPU intrinsic (~35 s), in each builder process.
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"),
+                b.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16")
+
+    return desc, impl
+
+
+def space_generator():
+    """MetaSchedule's x86 default, with our intrinsic and our postprocessor."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rule, post = ms.schedule_rule, ms.postproc
+    reuse = rule.ReuseType(req="may", levels=[1, 2], scope="global")
+    rules = [
+        rule.ApplyCustomRule(),
+        rule.InlineConstantScalars(),
+        rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                        disallow_if_then_else=True, require_injective=True,
+                        require_ordered=True, disallow_op=["tirx.exp"]),
+        rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+        rule.MultiLevelTilingWithIntrin(INTRIN, structure="SSRSRS", max_innermost_factor=64,
+                                        reuse_write=reuse),
+        rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=reuse),
+        rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                        unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        rule.RandomComputeLocation(),
+    ]
+    postprocs = [post.DisallowDynamicLoop(), post.RewriteParallelVectorizeUnroll(),
+                 _unroll_vector_loops_over_blocks(), post.RewriteReductionBlock(),
+                 post.RewriteTensorize(vectorize_init_loop=True), post.RewriteLayout()]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs,
+                                             mutator_probs="llvm")
+
+
+def _unroll_vector_loops_over_blocks():
+    """A postprocessor: a vectorized loop that holds a block with blocks inside (a block to be
+    tensorized) is unrolled instead. Unrolled, its iterations become independent accumulators,
+    which is what hides the instruction's latency."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.tirx import ForKind
+
+    @tvm.ir.utils.derived_object
+    class UnrollVectorLoopsOverBlocks(ms.postproc.PyPostproc):
+        def _initialize_with_tune_context(self, context) -> None:
+            pass
+
+        def apply(self, sch) -> bool:
+            def walk(block, outer_loops) -> None:
+                children = sch.get_child_blocks(block)
+                loops = [] if outer_loops is None else list(sch.get_loops(block))
+                if children and outer_loops is not None:
+                    for loop in loops[len(outer_loops):]:
+                        if sch.get(loop).kind == ForKind.VECTORIZED:
+                            sch.unroll(loop)
+                for child in children:
+                    walk(child, loops)
+
+            for gvar in sch.mod.get_global_vars():
+                walk(sch.get_sblock("root", func_name=gvar.name_hint), None)
+            return True
+
+        def clone(self):
+            return UnrollVectorLoopsOverBlocks()
+
+    return UnrollVectorLoopsOverBlocks()
+
+
+def pack_for_vnni():
+    """Relax pass (NHWC/HWIO, weights folded to constants): uint8 x int8 1x1 convolutions and
+    matmuls become kernels that read their weights as [N/16][K/4][16][4], which MetaSchedule
+    can tensorize with INTRIN. Other layers are left alone."""
+    import tvm
+    from tvm import relax
+
+    conv2d, matmul = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
+
+    @relax.expr_functor.mutator
+    class Packer(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op.same_as(conv2d) and _packable_conv(call):
+                return _packed_call(self.builder_, call.args[0],
+                                    call.args[1].value.numpy()[0, 0], "conv2d_1x1_u8i8")
+            if call.op.same_as(matmul) and _packable_matmul(call):
+                return _packed_call(self.builder_, call.args[0], call.args[1].value.numpy(),
+                                    "matmul_u8i8")
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="PackForVNNI")
+    def transform(mod, _ctx):
+        packer = Packer(mod)
+        packer.builder_.update_func(mod.get_global_var("main"), packer.visit_expr(mod["main"]))
+        return packer.builder_.get()
+
+    return transform
+
+
+def _u8_by_i8_const(call) -> bool:
+    from tvm.ir.expr import Constant
+
+    data, weight = call.args
+    return (isinstance(weight, Constant) and str(data.ty.dtype) == "uint8"
+            and str(weight.ty.dtype) == "int8" and str(call.ty.dtype) == "int32")
+
+
+def _packable_conv(call) -> bool:
+    attrs = call.attrs
+    if not _u8_by_i8_const(call) or str(attrs.data_layout) != "NHWC":
+        return False
+    h, w, k, _ = (int(d) for d in call.args[1].ty.shape)
+    return (str(attrs.kernel_layout) == "HWIO" and (h, w) == (1, 1) and int(attrs.groups) == 1
+            and all(int(s) == 1 for s in attrs.strides) and all(int(d) == 1 for d in attrs.dilation)
+            and all(int(p) == 0 for p in attrs.padding) and k % GROUP == 0)
+
+
+def _packable_matmul(call) -> bool:
+    return (_u8_by_i8_const(call) and call.args[1].ty.ndim == 2
+            and int(call.args[1].ty.shape[0]) % GROUP == 0)
+
+
+def pack_weights(weight: np.ndarray) -> np.ndarray:
+    """(K, N) -> (ceil(N/16), K/4, 16, 4), zero-padded outputs."""
+    k, n = weight.shape
+    padded = np.zeros((k, -(-n // LANES) * LANES), "int8")
+    padded[:, :n] = weight
+    return np.ascontiguousarray(
+        padded.reshape(k // GROUP, GROUP, -1, LANES).transpose(2, 0, 3, 1))
+
+
+def _packed_call(builder, data, weight: np.ndarray, name: str):
+    """data (..., K) x weight (K, N) -> (..., N) int32 with packed weights; padded outputs
+    are sliced off outside the kernel."""
+    from tvm import relax, te
+
+    packed = pack_weights(weight)
+    k_total, n = weight.shape
+
+    def compute(x, wp):
+        k = te.reduce_axis((0, k_total), name="k")
+        return te.compute(
+            (*x.shape[:-1], packed.shape[0] * LANES),
+            lambda *i: te.sum(
+                x[(*i[:-1], k)].astype("int32")
+                * wp[i[-1] // LANES, k // GROUP, i[-1] % LANES, k % GROUP].astype("int32"),
+                axis=k),
+            name=name)
+
+    out = builder.emit_te(compute, data, relax.const(packed), primfunc_name_hint=name)
+    if packed.shape[0] * LANES == n:
+        return out
+    axis = data.ty.ndim - 1
+    return relax.op.strided_slice(out, axes=[axis], begin=[0], end=[n])

@@ -1,0 +1,95 @@
+"""int8 on AVX-512 VNNI: the packed weight layout, the exact zero-point offset of signed inputs,
+and tuning that really tensorizes with our intrinsic (vpdpbusd in the library's machine code)."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from pipeline import int8, vnni
+from pipeline.flow import run_job
+from pipeline.quantize import QuantizeOptions
+
+
+def test_packed_weights_hold_16_outputs_by_4_inputs_contiguous():
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-127, 128, (8, 24), dtype=np.int8)  # K=8 inputs, N=24 outputs
+    packed = vnni.pack_weights(weight)
+    assert packed.shape == (2, 2, 16, 4) and packed.flags.c_contiguous
+    for k in range(8):
+        for n in range(24):
+            assert packed[n // 16, k // 4, n % 16, k % 4] == weight[k, n]
+    assert not packed[1, :, 8:, :].any()  # outputs 24..31 are padding
+
+
+def test_host_target_is_tensorized_where_the_cpu_has_vnni(host_device):
+    import tvm
+
+    # These machines have AVX-512 VNNI; x86-64-v3 (the NUC class) does not.
+    assert vnni.has_vnni(host_device.tvm_target())
+    nuc = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"})
+    assert not vnni.has_vnni(nuc)
+
+
+def _one_layer(op: str, channels: int = 12):
+    """x -> a 1x1 convolution (or a matmul) with random weights: a float Relax module."""
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(1)
+    builder = relax.BlockBuilder()
+    if op == "conv2d":
+        x = relax.Var("x", relax.TensorType((1, channels, 5, 5), "float32"))
+        weight = rng.standard_normal((20, channels, 1, 1)).astype("float32")
+    else:
+        x = relax.Var("x", relax.TensorType((1, channels), "float32"))
+        weight = rng.standard_normal((channels, 20)).astype("float32")
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            call = (relax.op.nn.conv2d(x, relax.const(weight)) if op == "conv2d"
+                    else relax.op.matmul(x, relax.const(weight)))
+            out = builder.emit_output(call)
+        builder.emit_func_output(out)
+    return builder.get(), weight, x.ty.shape
+
+
+@pytest.mark.parametrize("op", ["conv2d", "matmul"])
+def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op):
+    """Stored as uint8 + 128, minus 128 x the weight sums: the same integers as int8 x int8."""
+    mod, weight, shape = _one_layer(op)
+    x = np.random.default_rng(2).standard_normal([int(d) for d in shape]).astype("float32")
+    threshold = 2.5
+    plan = int8.Int8Plan(layers=(int8.Layer(f"{op}_0", 0, unsigned=False),),
+                         ranges=(int8.TensorRange(float(np.abs(x).max()), threshold, 0.0),),
+                         method="minmax")
+    quantized = int8.apply_int8(mod, plan)
+    text = quantized.script()
+    assert '"uint8"' in text and "subtract" in text  # the offset form, not plain int8
+    got = int8.compile_for_host(quantized)(x)[0]
+
+    x_scale = np.float32(threshold / 127)
+    q = np.clip(np.round(x * (np.float32(1) / x_scale)), -127, 127).astype(np.int64)
+    axis = 0 if op == "conv2d" else 1
+    w_scale, w_int8 = int8._quantize_weight(weight, axis)
+    if op == "conv2d":
+        acc = np.einsum("nchw,oc->nohw", q, w_int8[:, :, 0, 0].astype(np.int64))
+        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
+    else:
+        acc = q @ w_int8.astype(np.int64)
+        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
+    expected = acc.astype(np.float32) * scale.astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, host_device,
+                                                        host_farm):
+    """A short tuning run: its int8 kernels tensorize with our intrinsic, build, and verify."""
+    options = QuantizeOptions(mode="int8", calibration_count=8, eval_count=16,
+                              max_drop_points=20.0)
+    result = run_job(host_device, tiny_model, 40, host_farm, tmp_path / "artifact",
+                     tmp_path / "logs", options=options)
+    assert result.manifest.verification.top1_matches_framework
+    disassembly = subprocess.run(["objdump", "-d", str(result.artifact / "lib.so")],
+                                 capture_output=True, text=True, check=True).stdout
+    assert "vpdpbusd" in disassembly
