@@ -78,10 +78,12 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
     per_task = device.tuning.trials_per_task
     history = {t.task_name: _history(database, t) for t in extracted}
     done = {name: count for name, (count, _) in history.items()}
-    # Fewest records first: a resumed run gives untuned kernels their first batch before
-    # tuned ones their next (round-robin visits tasks in this order).
+    # Round-robin visits tasks in this order: kernels with no records first, then those the
+    # model spends most time in (best latency x occurrences), so a resumed run's budget goes
+    # where it shortens the model most.
     todo = sorted((t for t in extracted if done[t.task_name] < per_task),
-                  key=lambda t: done[t.task_name])
+                  key=lambda t: (done[t.task_name] > 0,
+                                 -t.weight * (history[t.task_name][1] or 0.0)))
     remaining = trials - before
     progress = Progress(extracted, before, trials, out)
     progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
