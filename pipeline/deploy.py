@@ -103,7 +103,7 @@ def _smoke_input(artifact: Path, manifest: Manifest) -> tuple[np.ndarray, np.nda
     if manifest.quantization is None:
         return x, model.reference_output(x)
     from pipeline.importer import import_model
-    from pipeline.int8 import compile_for_host
+    from pipeline.lowering import compile_for_host
     from pipeline.rebuild import requantize_artifact
 
     quantized = requantize_artifact(artifact, manifest, import_model(model).mod)

@@ -51,3 +51,23 @@ def apply_database(lowered_mod, target, database):
             relax.transform.SplitLayoutRewritePreproc(),
             relax.transform.FoldConstant(),
         ])(lowered_mod)
+
+
+def compile_for_host(mod):
+    """`mod` compiled for this machine (untuned): a function from one input to its outputs."""
+    import tvm
+    from tvm import relax
+
+    from pipeline.devices import detect_host_target
+
+    target = tvm.target.Target(detect_host_target())
+    executable = tvm.compile(lower(mod, target), target=target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+
+    def run(x):  # numpy in, list of numpy out
+        result = vm["main"](tvm.runtime.tensor(x))
+        if hasattr(result, "numpy"):
+            return [result.numpy()]
+        return [r.numpy() for r in result]
+
+    return run

@@ -18,10 +18,12 @@ import numpy as np
 
 from pipeline import accuracy, int8
 from pipeline.artifact import Accuracy, DataInfo, Quantization
+from pipeline.calibration import calibrate
 from pipeline.datasets import CALIBRATION_SEED, EVALUATION_SEED, Dataset, load_dataset
 from pipeline.devices import DeviceConfig
 from pipeline.errors import UserError
 from pipeline.importer import ImportedModel
+from pipeline.lowering import compile_for_host
 from pipeline.models import LoadedModel
 
 Mode = Literal["none", "int8", "fp16"]
@@ -147,8 +149,8 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
                                CALIBRATION_SEED)
     print(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
           f"{calibration.spec}", file=out)
-    plan = int8.calibrate(imported.mod, calibration.inputs, options.method, options.percentile,
-                          out=out)
+    plan = calibrate(imported.mod, calibration.inputs, options.method, options.percentile,
+                     out=out)
     keep = frozenset(options.keep_float)
     ranked = [name for name in int8.rank_by_noise(imported.mod, plan) if name not in keep]
     limit = min(options.fallback_limit, len(ranked))
@@ -184,7 +186,7 @@ def _info(data: Dataset) -> DataInfo:
 
 
 def _host_runner(mod) -> Callable[[np.ndarray], np.ndarray]:
-    run = int8.compile_for_host(mod)
+    run = compile_for_host(mod)
     return lambda x: run(x)[0]
 
 

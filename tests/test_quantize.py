@@ -4,7 +4,7 @@ accuracy gate, and a digits CNN trained here whose int8 artifact must stay withi
 import numpy as np
 import pytest
 
-from pipeline import build, int8
+from pipeline import build, calibration, int8
 from pipeline.artifact import CALIBRATION_NAME, read_manifest
 from pipeline.datasets import load_dataset
 from pipeline.devices import load_device
@@ -79,13 +79,14 @@ def test_calibration_methods_choose_different_ranges():
     heavy = np.abs(rng.standard_t(2, 200_000)).astype("float32")  # long tail
     relu = np.concatenate([heavy, np.zeros(200_000, "float32")])  # half exact zeros
     top = float(heavy.max())
-    assert int8._threshold(heavy, top, "minmax", 99.99, 127) == top
-    percentile = int8._threshold(heavy, top, "percentile", 99.99, 127)
+    assert calibration._threshold(heavy, top, "minmax", 99.99, 127) == top
+    percentile = calibration._threshold(heavy, top, "percentile", 99.99, 127)
     assert percentile == pytest.approx(np.percentile(heavy, 99.99))
-    entropy = int8._threshold(heavy, top, "entropy", 99.99, 127)
+    entropy = calibration._threshold(heavy, top, "entropy", 99.99, 127)
     assert 0 < entropy < top
     # Exact zeros quantize exactly at any threshold: they must not pull the KL threshold down.
-    assert int8._threshold(relu, top, "entropy", 99.99, 127) == pytest.approx(entropy, rel=0.05)
+    relu_entropy = calibration._threshold(relu, top, "entropy", 99.99, 127)
+    assert relu_entropy == pytest.approx(entropy, rel=0.05)
 
 
 def test_the_accuracy_gate_refuses_and_force_records_it(tiny_model, tiny_imported, host_device):

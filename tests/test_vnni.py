@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import int8, vnni
 from pipeline.flow import run_job
+from pipeline.lowering import compile_for_host
 from pipeline.quantize import QuantizeOptions
 
 
@@ -33,7 +34,6 @@ def test_host_target_is_tensorized_where_the_cpu_has_vnni(host_device):
 
 def _one_layer(op: str, channels: int = 12):
     """x -> a 1x1 convolution (or a matmul) with random weights: a float Relax module."""
-    import tvm
     from tvm import relax
 
     rng = np.random.default_rng(1)
@@ -65,7 +65,7 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
     quantized = int8.apply_int8(mod, plan)
     text = quantized.script()
     assert '"uint8"' in text and "subtract" in text  # the offset form, not plain int8
-    got = int8.compile_for_host(quantized)(x)[0]
+    got = compile_for_host(quantized)(x)[0]
 
     x_scale = np.float32(threshold / 127)
     q = np.clip(np.round(x * (np.float32(1) / x_scale)), -127, 127).astype(np.int64)
