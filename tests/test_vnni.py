@@ -55,7 +55,8 @@ def _one_layer(op: str, channels: int = 12):
 
 @pytest.mark.parametrize("op", ["conv2d", "matmul"])
 def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op):
-    """Stored as uint8 + 128, minus 128 x the weight sums: the same integers as int8 x int8."""
+    """Stored as uint8 + 128, minus 128 x the weight sums (folded into the float shift): the
+    same result as int8 x int8, up to float rounding."""
     mod, weight, shape = _one_layer(op)
     x = np.random.default_rng(2).standard_normal([int(d) for d in shape]).astype("float32")
     threshold = 2.5
@@ -64,7 +65,7 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
                          method="minmax")
     quantized = int8.apply_int8(mod, plan)
     text = quantized.script()
-    assert '"uint8"' in text and "subtract" in text  # the offset form, not plain int8
+    assert '"uint8"' in text  # the offset form, not plain int8
     got = compile_for_host(quantized)(x)[0]
 
     x_scale = np.float32(threshold / 127)
@@ -79,6 +80,44 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
         scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
     expected = acc.astype(np.float32) * scale.astype(np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_depthwise_int8_sum_in_float32_lanes_is_exact():
+    """5x5 depthwise over uint8 at the extremes (255 x -127 in every tap, stride 2, padding):
+    the float32 sum the x86 kernel computes equals numpy's int64 sum."""
+    import tvm
+    from tvm import relax
+
+    from pipeline.devices import detect_host_target
+    from pipeline.lowering import lower
+
+    rng = np.random.default_rng(3)
+    channels, size = 24, 9
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, size, size, channels), "uint8"))
+    weight = rng.integers(-127, 128, (5, 5, 1, channels)).astype("int8")
+    weight[..., 0] = -127
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            out = builder.emit_output(relax.op.nn.conv2d(
+                x, relax.const(weight), strides=2, padding=2, groups=channels,
+                data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32"))
+        builder.emit_func_output(out)
+    mod = builder.get()
+    target = tvm.target.Target(detect_host_target())
+    assert "conv2d_depthwise_8bit" in lower(mod, target).script()
+    data = rng.integers(0, 256, (1, size, size, channels)).astype("uint8")
+    data[..., 0] = 255
+    got = compile_for_host(mod)(data)[0]
+
+    padded = np.pad(data.astype(np.int64), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    expected = np.zeros(got.shape, np.int64)
+    for r in range(5):
+        for s in range(5):
+            expected += padded[:, r:r + 2 * got.shape[1]:2, s:s + 2 * got.shape[2]:2, :] \
+                * weight[r, s, 0].astype(np.int64)
+    assert got.dtype == np.int32 and expected[..., 0].min() < -2 ** 19
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.slow
