@@ -12,7 +12,7 @@ rewrite is ours, on the imported Relax module (NCHW, batch-norm folded, weights 
   (-127..127): a zero point of 0 keeps the convolutions' zero padding exact, and uint8 x int8 is
   the operand order of x86's VNNI instructions. Signed inputs of 1x1 convolutions and matmuls
   (nothing to pad) are uint8 with zero point 128 instead, so that those run on VNNI too
-  (pipeline.vnni); the offset is subtracted exactly in int32.
+  (pipeline.vnni); the offset (128 x the weight sums) joins the float shift.
 - The float epilogue (scale, bias, ReLU6, residual add) and the next layer's q(x) fuse into the
   int8 kernel (FuseOps), so requantization costs no extra pass over memory.
 
@@ -245,7 +245,7 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
         inverse = relax.const(np.full([1] * data.ty.ndim, 1.0 / x_scale, "float32"))
     # A signed input of a 1x1 convolution or a matmul is stored as uint8 with zero point 128:
     # x86's VNNI multiplies uint8 by int8 only. With no padding to keep at zero, the offset
-    # comes back out exactly as 128 x each output channel's weight sum, in int32.
+    # comes back out as 128 x each output channel's weight sum, in the float shift below.
     offset = 128 if not layer.unsigned and _is_pointwise(call) else 0
     low = 0 if layer.unsigned else -levels
     q = _quantize(data, inverse, low, levels, "uint8" if offset else dtype, offset)

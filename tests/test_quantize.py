@@ -74,6 +74,22 @@ def test_int8_weights_are_stored_as_int8(tiny_model, tiny_imported, host_device)
     assert all(isinstance(w, Constant) and w.value.dtype == "int8" for w in weights)
 
 
+def test_depthwise_filters_keep_their_sums_through_rounding():
+    rng = np.random.default_rng(4)
+    weight = (rng.standard_normal((64, 1, 5, 5)) + 0.2).astype("float32")
+    scale, quantized = int8._quantize_weight(weight, 0)
+    exact = (weight / scale).reshape(64, -1)
+    integers = quantized.reshape(64, -1).astype(np.int64)
+    plain = np.round(exact)
+    assert (plain.sum(axis=1) != np.round(exact.sum(axis=1))).sum() > 10  # rounding loses sums
+    np.testing.assert_array_equal(integers.sum(axis=1), np.round(exact.sum(axis=1)))
+    assert np.abs(integers - exact).max() < 1 and np.abs(integers).max() == 127
+    # Dense filters round to nearest, as before.
+    dense = rng.standard_normal((8, 4, 3, 3)).astype("float32")
+    dense_scale, dense_q = int8._quantize_weight(dense, 0)
+    np.testing.assert_array_equal(dense_q, np.round(dense / dense_scale))
+
+
 def test_calibration_methods_choose_different_ranges():
     rng = np.random.default_rng(0)
     heavy = np.abs(rng.standard_t(2, 200_000)).astype("float32")  # long tail
