@@ -160,9 +160,7 @@ def _round_preserving_sums(exact: np.ndarray, rounded: np.ndarray) -> np.ndarray
     the row sums to round(sum of `exact`): each entry stays within one step of its value."""
     residual = exact - rounded
     deficit = (np.round(exact.sum(axis=1)) - rounded.sum(axis=1))[:, None]
-    rank = np.empty_like(residual, dtype=np.int64)
-    np.put_along_axis(rank, np.argsort(-residual, axis=1, kind="stable"),
-                      np.arange(residual.shape[1])[None, :].repeat(len(residual), 0), axis=1)
+    rank = np.argsort(np.argsort(-residual, axis=1, kind="stable"), axis=1)  # 0: largest
     up = rank < deficit  # the largest positive residuals round up instead
     down = (residual.shape[1] - 1 - rank) < -deficit  # the most negative ones round down
     return rounded + up - down

@@ -165,11 +165,11 @@ def pack_for_vnni():
     return transform
 
 
-def _u8_by_i8_const(call) -> bool:
+def _u8_by_i8_const(call, data_dtypes: tuple[str, ...] = ("uint8",)) -> bool:
     from tvm.ir.expr import Constant
 
     data, weight = call.args
-    return (isinstance(weight, Constant) and str(data.ty.dtype) == "uint8"
+    return (isinstance(weight, Constant) and str(data.ty.dtype) in data_dtypes
             and str(weight.ty.dtype) == "int8" and str(call.ty.dtype) == "int32")
 
 
@@ -223,17 +223,12 @@ def _packed_call(builder, data, weight: np.ndarray, name: str):
 
 
 def _depthwise_8bit(call) -> bool:
-    from tvm.ir.expr import Constant
-
-    data, weight = call.args
     attrs = call.attrs
-    if not (isinstance(weight, Constant) and str(data.ty.dtype) in ("uint8", "int8")
-            and str(weight.ty.dtype) == "int8" and str(call.ty.dtype) == "int32"
-            and str(attrs.data_layout) == "NHWC" and str(attrs.kernel_layout) == "HWIO"
-            and str(attrs.out_layout) == "NHWC"):
+    if not (_u8_by_i8_const(call, ("uint8", "int8")) and str(attrs.data_layout) == "NHWC"
+            and str(attrs.kernel_layout) == "HWIO" and str(attrs.out_layout) == "NHWC"):
         return False
-    kh, kw, per_group, channels = (int(d) for d in weight.ty.shape)
-    return (per_group == 1 and int(attrs.groups) == channels == int(data.ty.shape[3])
+    kh, kw, per_group, channels = (int(d) for d in call.args[1].ty.shape)
+    return (per_group == 1 and int(attrs.groups) == channels == int(call.args[0].ty.shape[3])
             and kh * kw * 255 * 127 < 2 ** 24  # every partial sum exact in float32
             and all(int(d) == 1 for d in attrs.dilation))
 
