@@ -3,11 +3,13 @@ and ONNX Runtime's static int8 (QDQ, per-channel weights) against ONNX Runtime f
 
     python bench/int8_efficientnet_lite0.py [--fp32 artifacts/host/efficientnet-lite0-fp32]
         [--int8 artifacts/host/efficientnet-lite0-int8] [--crops 200] [--ort-method MinMax]
+        [--ort-calibration N]
 
 For each runtime: top-1 agreement with the fp32 PyTorch model on random crops of scikit-image's
 photos (other crops than those of calibration and of the accuracy fallback), top-5 overlap,
 SQNR of the logits, median latency (batch 1, same thread count), and library size. Only
-artifacts that run on this CPU.
+artifacts that run on this CPU. ONNX Runtime calibrates on as many crops (the same ones) as our
+int8 artifact did, unless --ort-calibration says otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-ORT_CALIBRATION_CROPS = 64
 # Crops that neither calibration (seed 0) nor the pipeline's accuracy fallback (seed 1) saw.
 BENCH_SEED = 2
 
@@ -40,6 +41,15 @@ def _tvm_predict(artifact: Path):
         return lambda: vm.invoke_stateful("main")
 
     return predict, timed_factory
+
+
+def _calibration_count(int8_artifact: Path) -> int:
+    from pipeline.artifact import read_manifest
+
+    if not (int8_artifact / "manifest.json").is_file():
+        return 64
+    quantization = read_manifest(int8_artifact).quantization
+    return quantization.calibration.count if quantization and quantization.calibration else 64
 
 
 def _ort_session(path: str, threads: int):
@@ -99,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--ort-method", default="MinMax",
                         choices=["MinMax", "Percentile", "Entropy"])
+    parser.add_argument("--ort-calibration", type=int, metavar="N",
+                        help="crops ONNX Runtime calibrates on (default: as many as the int8 "
+                             "artifact's manifest records, else 64)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
 
@@ -109,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.datasets import CALIBRATION_SEED, builtin_crops
     from pipeline.models import load_model
 
+    ort_crops = args.ort_calibration or _calibration_count(args.int8)
     torch.set_num_threads(args.threads)
     model = load_model("efficientnet-lite0")
     crops = builtin_crops(model.input_shape, args.crops, BENCH_SEED)
@@ -131,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.onnx.export(model.torch_module, (torch.from_numpy(x0),), fp32_path,
                           input_names=["input"], dynamo=False, opset_version=17)
         _ort_int8(fp32_path, int8_path,
-                  builtin_crops(model.input_shape, ORT_CALIBRATION_CROPS, CALIBRATION_SEED),
+                  builtin_crops(model.input_shape, ort_crops, CALIBRATION_SEED),
                   args.ort_method)
         for label, path in (("onnxruntime fp32", fp32_path),
                             (f"onnxruntime int8 QDQ ({args.ort_method})", int8_path)):
@@ -140,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, median_ms(lambda run=run: run(x0), args.runs)[0],
                          _scores(reference, outputs), f"{os.path.getsize(path) / 1e6:.2f} MB"))
     print(f"EfficientNet-Lite0, batch 1, {args.threads} threads, median of {args.runs} runs; "
-          f"accuracy against PyTorch fp32 on {args.crops} crops ({os.cpu_count()} cores)")
+          f"accuracy against PyTorch fp32 on {args.crops} crops ({os.cpu_count()} cores); "
+          f"ONNX Runtime calibrated on {ort_crops} crops")
     print(f"{'runtime':<34} {'median ms':>9} {'top-1':>6} {'top-5':>6} {'SQNR':>6}  size")
     for name, ms, scores, size in rows:
         print(f"{name:<34} {ms:>9.2f} {scores}  {size}")

@@ -81,7 +81,7 @@ class Quantization:
     int8_layers: int  # convolutions and matmuls computing in int8 (0 for fp16)
     float_layers: tuple[str, ...] = ()  # quantizable layers left in float, asked or by fallback
     fallback_layers: tuple[str, ...] = ()  # of those, the ones the accuracy fallback chose
-    method: str | None = None  # minmax | percentile | entropy (int8)
+    method: str | None = None  # minmax | percentile | entropy | mse (int8)
     percentile: float | None = None
     calibration: DataInfo | None = None
 

@@ -3,8 +3,9 @@ clipping threshold (pipeline.int8 holds the plan it returns and the rewrite that
 
 Activation ranges come from running the float model on the calibration data (compiled for this
 machine) and reading the absolute values that reach each quantized layer: `minmax` (largest
-seen), `percentile` (e.g. the 99.99th), or `entropy` (the clipping threshold whose 8-bit
-histogram has the least KL divergence from the float one, as in TensorRT's calibrator).
+seen), `percentile` (e.g. the 99.99th), `entropy` (the clipping threshold whose 8-bit
+histogram has the least KL divergence from the float one, as in TensorRT's calibrator), or `mse`
+(the threshold whose clipping and rounding error has the least power on the samples).
 """
 
 from __future__ import annotations
@@ -14,19 +15,30 @@ from dataclasses import replace
 
 import numpy as np
 
+from pipeline import rounding
 from pipeline.errors import UserError
-from pipeline.int8 import Int8Plan, Method, TensorRange, quantizable_layers
+from pipeline.int8 import (
+    Int8Plan,
+    Method,
+    TensorRange,
+    compensated_rounding,
+    quantizable_layers,
+    weight_geometry,
+)
 from pipeline.lowering import compile_for_host
 
 SAMPLES_PER_INPUT = 32768  # absolute values kept per tensor and calibration input
 HISTOGRAM_BINS = 2048
+MSE_CANDIDATES = 81  # thresholds tried by the mse method, from the maximum down to a fifth
+MSE_SAMPLES = 262144  # samples per tensor (or channel) the mse method searches on
 
 
 def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99,
               out=None) -> Int8Plan:
-    """Run the float model on `inputs` (N, ...) and choose a clipping threshold per tensor."""
+    """Run the float model on `inputs` (N, ...) and choose a clipping threshold per tensor,
+    and the rounding of each layer's weights against the inputs that reach it."""
     out = out or sys.stderr
-    layers, _, tensors = quantizable_layers(mod["main"])
+    layers, calls, tensors = quantizable_layers(mod["main"])
     if not layers:
         raise UserError("The model has no convolution or matmul with constant weights: nothing "
                         "to quantize to int8.")
@@ -37,8 +49,13 @@ def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99
     absmax = np.zeros(len(tensors))
     samples: list[list[np.ndarray]] = [[] for _ in tensors]
     sums: list[np.ndarray | float] = [0.0] * len(tensors)
+    geometries = [_compensable(call) for call in calls]
+    moments: list[np.ndarray | float] = [0.0] * len(layers)
     for i, x in enumerate(inputs):
         _, *values = run(x[None])
+        for k, (layer, geometry) in enumerate(zip(layers, geometries, strict=True)):
+            if geometry is not None:
+                moments[k] = moments[k] + rounding.patch_moment(values[layer.tensor], geometry)
         for t, value in enumerate(values):
             sums[t] = sums[t] + _channel_means(value)
             magnitude = np.abs(value[0]).astype("float32")
@@ -70,7 +87,18 @@ def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99
         threshold = _threshold(values, float(absmax[t]), method, percentile, levels)
         ranges.append(TensorRange(float(absmax[t]), threshold,
                                   _relative_noise(values, threshold, levels), None, means))
-    return Int8Plan(tuple(layers), tuple(ranges), method)
+    print(f"  rounding the weights of {sum(g is not None for g in geometries)} of {len(layers)} "
+          "layers against the calibration data (GPTQ)", file=out)
+    rounded = tuple("" if geometry is None else compensated_rounding(call, moment)
+                    for call, geometry, moment in zip(calls, geometries, moments, strict=True))
+    return Int8Plan(tuple(layers), tuple(ranges), method, rounded)
+
+
+def _compensable(call) -> rounding.Geometry | None:
+    geometry = weight_geometry(call)
+    fits = geometry is not None and rounding.columns(
+        geometry, tuple(int(d) for d in call.args[1].ty.shape)) <= rounding.MAX_COLUMNS
+    return geometry if fits else None
 
 
 def _channel_means(value: np.ndarray) -> np.ndarray:
@@ -80,11 +108,14 @@ def _channel_means(value: np.ndarray) -> np.ndarray:
 
 def _channel_range(columns: np.ndarray, method: Method, percentile: float, levels: int
                    ) -> TensorRange:
-    """Thresholds per channel: the largest value (minmax) or the percentile (the entropy
-    method's histogram search per channel would cost minutes; the percentile stands in)."""
+    """Thresholds per channel: the largest value (minmax), the least error power (mse), or the
+    percentile (the entropy method's histogram search per channel would cost minutes; the
+    percentile stands in)."""
     maxima = columns.max(axis=1)
     if method == "minmax":
         thresholds = maxima
+    elif method == "mse":
+        thresholds = _mse_thresholds(columns, maxima, levels)
     else:
         thresholds = np.minimum(maxima, np.percentile(columns, percentile, axis=1))
     thresholds = np.where(thresholds > 0, thresholds, 1.0)
@@ -111,7 +142,27 @@ def _threshold(values: np.ndarray, absmax: float, method: Method, percentile: fl
         return absmax
     if method == "percentile":
         return float(min(absmax, np.percentile(values, percentile)))
+    if method == "mse":
+        return float(_mse_thresholds(values[None], np.array([absmax]), levels)[0])
     return _kl_threshold(values, absmax, levels)
+
+
+def _mse_thresholds(rows: np.ndarray, maxima: np.ndarray, levels: int) -> np.ndarray:
+    """Per row of |values|, the threshold among MSE_CANDIDATES fractions of its maximum whose
+    quantization error (rounding below it, clipping above) has the least power."""
+    rng = np.random.default_rng(0)
+    if rows.shape[1] > MSE_SAMPLES:  # the search costs candidates x samples
+        rows = rows[:, rng.integers(0, rows.shape[1], MSE_SAMPLES)]
+    rows = rows.astype("float64")
+    best, best_error = maxima.astype("float64"), np.full(len(rows), np.inf)
+    for fraction in np.linspace(1.0, 0.2, MSE_CANDIDATES):  # ties keep the widest range
+        threshold = np.maximum(maxima * fraction, 1e-30)[:, None]
+        scale = threshold / levels
+        error = np.sum((rows - np.minimum(np.round(rows / scale), levels) * scale) ** 2, axis=1)
+        better = (error < best_error) & (maxima > 0)  # an all-zero row keeps its maximum
+        best = np.where(better, threshold[:, 0], best)
+        best_error = np.where(better, error, best_error)
+    return best
 
 
 def _kl_threshold(values: np.ndarray, absmax: float, levels: int) -> float:

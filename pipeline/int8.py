@@ -6,7 +6,9 @@ rewrite is ours, on the imported Relax module (NCHW, batch-norm folded, weights 
 
   conv2d(x, W)  ->  astype(conv2d(q(x), Wq, out_dtype=int32), f32) * (s_x * s_w)
 
-- Weights: per output channel, symmetric, stored as int8 constants (Wq = round(W / s_w)).
+- Weights: per output channel, symmetric, stored as int8 constants (Wq ~ W / s_w), rounded
+  against the calibration data so that the layer's output error is least, not each weight's
+  (pipeline.rounding); the choice is recorded with the ranges.
 - Activations: one scale per tensor, zero point 0. A tensor that is non-negative by
   construction (the output of ReLU/ReLU6) is quantized to uint8 (0..255), any other to int8
   (-127..127): a zero point of 0 keeps the convolutions' zero padding exact, and uint8 x int8 is
@@ -22,14 +24,17 @@ it returns, the rewrite that applies it, and the accuracy fallback's ranking.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
+from pipeline import rounding
 from pipeline.errors import UserError
+from pipeline.rounding import Geometry
 
-Method = Literal["minmax", "percentile", "entropy"]
+Method = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[str, ...] = get_args(Method)
 QUANTIZED_OPS = ("relax.nn.conv2d", "relax.matmul")
 
@@ -62,6 +67,9 @@ class Int8Plan:
     layers: tuple[Layer, ...]
     ranges: tuple[TensorRange, ...]  # one per calibrated tensor
     method: Method
+    # Per layer: its weights' offsets from nearest rounding (pipeline.rounding's text), chosen
+    # against the calibration data; "" (or no entry) for nearest rounding.
+    rounding: tuple[str, ...] = ()
 
 
 def quantizable_layers(func) -> tuple[list[Layer], list, list]:
@@ -136,23 +144,61 @@ def weight_noise(weight: np.ndarray, per_channel_axis: int) -> float:
     return float(np.sum(error.astype("float64") ** 2) / max(np.sum(weight ** 2), 1e-30))
 
 
-def _quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8: (scale broadcastable to `weight`, int8 values).
+def _quantize_weight(weight: np.ndarray, axis: int, offsets: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8: (scale broadcastable to `weight`, int8 values): nearest
+    rounding plus `offsets` (the calibration's compensated rounding, pipeline.rounding).
 
-    Depthwise filters (OIHW with one input channel) are rounded so that each one's integers
-    sum to its rounded sum: such a filter sees one channel of mostly positive ReLU outputs, so
-    its response to that channel's local mean must survive rounding. On EfficientNet-Lite0
-    this lifts the logits' SQNR with only depthwise weights quantized from 25 to 31 dB
-    (measured in a fake-quantized PyTorch copy), and top-1 agreement by about 2 points."""
-    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
-    scale = np.abs(weight).max(axis=reduce_axes, keepdims=True) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype("float32")
+    Without offsets, depthwise filters (OIHW with one input channel) are rounded so that each
+    one's integers sum to its rounded sum: such a filter sees one channel of mostly positive
+    ReLU outputs, so its response to that channel's local mean must survive rounding. On
+    EfficientNet-Lite0 this lifts the logits' SQNR with only depthwise weights quantized from
+    25 to 31 dB (measured in a fake-quantized PyTorch copy)."""
+    scale = _weight_scale(weight, axis)
     exact = weight / scale
     rounded = np.round(exact)
-    if weight.ndim == 4 and axis == 0 and weight.shape[1] == 1:
+    if offsets is not None:
+        rounded = np.clip(rounded, -127, 127) + offsets
+    elif weight.ndim == 4 and axis == 0 and weight.shape[1] == 1:
         rounded = _round_preserving_sums(exact.reshape(len(exact), -1),
                                          rounded.reshape(len(exact), -1)).reshape(weight.shape)
     return scale, np.clip(rounded, -127, 127).astype("int8")
+
+
+def _weight_scale(weight: np.ndarray, axis: int) -> np.ndarray:
+    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+    scale = np.abs(weight).max(axis=reduce_axes, keepdims=True) / 127.0
+    return np.where(scale > 0, scale, 1.0).astype("float32")
+
+
+def weight_geometry(call) -> Geometry | None:
+    """How `call` reads its input, for compensated rounding; None where it is not supported
+    (grouped but not depthwise convolutions, layouts other than NCHW/OIHW)."""
+    if _op_name(call) == "relax.matmul":
+        return Geometry("matmul")
+    attrs = call.attrs
+    if (str(attrs.data_layout), str(attrs.kernel_layout)) != ("NCHW", "OIHW"):
+        return None
+    if _is_pointwise(call) and all(int(s) == 1 for s in attrs.strides):
+        return Geometry("pointwise")
+    if int(attrs.groups) != 1 and not _is_depthwise(call):
+        return None
+    return Geometry("depthwise" if _is_depthwise(call) else "conv",
+                    tuple(int(d) for d in list(call.args[1].ty.shape)[2:]),
+                    tuple(int(s) for s in attrs.strides),
+                    tuple(int(p) for p in attrs.padding),
+                    tuple(int(d) for d in attrs.dilation))
+
+
+def compensated_rounding(call, moment: np.ndarray) -> str:
+    """The offsets from nearest rounding that pipeline.rounding.gptq chooses for `call`'s
+    weights against `moment` (its input patches' second moment), as record text."""
+    weight = call.args[1].value.numpy()
+    geometry = weight_geometry(call)
+    scale = _weight_scale(weight, _channel_axis(call))
+    nearest = np.clip(np.round(weight / scale), -127, 127)
+    chosen = rounding.round_weight(weight, scale, moment, geometry)
+    return rounding.encode(chosen.astype("int16") - nearest.astype("int16"))
 
 
 def _round_preserving_sums(exact: np.ndarray, rounded: np.ndarray) -> np.ndarray:
@@ -179,20 +225,34 @@ def apply_int8(mod, plan: Int8Plan, keep_float: frozenset[str] = frozenset()):
     if unknown:
         raise UserError(f"--keep-float names {sorted(unknown)}, which the model does not have; "
                         f"its layers are {layers[0].name} to {layers[-1].name}.")
-    chosen = [(call, layer) for call, layer in zip(calls, layers, strict=True)
-              if layer.name not in keep_float]
+    chosen = [(call, layer, _offsets(plan, i, call)) for i, (call, layer)
+              in enumerate(zip(calls, layers, strict=True)) if layer.name not in keep_float]
 
     @relax.expr_functor.mutator
     class Int8Rewriter(relax.PyExprMutator):
         def visit_call_(self, call):
             new = super().visit_call_(call)
-            for original, layer in chosen:
+            for original, layer, offsets in chosen:
                 if original.same_as(call):
-                    return _int8_call(self.builder_, new, layer, plan.ranges[layer.tensor])
+                    return _int8_call(self.builder_, new, layer, plan.ranges[layer.tensor],
+                                      offsets)
             return new
 
     rewritten = tvm.IRModule({"main": Int8Rewriter(mod).visit_expr(func)})
     return relax.transform.DeadCodeElimination()(_merge_constant_adds(rewritten))
+
+
+def _offsets(plan: Int8Plan, index: int, call) -> np.ndarray | None:
+    text = plan.rounding[index] if index < len(plan.rounding) else ""
+    if not text:
+        return None
+    shape = tuple(int(d) for d in call.args[1].ty.shape)
+    try:
+        return rounding.decode(text, shape)
+    except (ValueError, zlib.error) as err:
+        raise UserError(f"The calibration record's rounding of {plan.layers[index].name} does "
+                        f"not fit its weights ({err}): the record belongs to another model or "
+                        "is damaged. Quantize again.") from None
 
 
 def _merge_constant_adds(mod):
@@ -224,14 +284,15 @@ def _merge_constant_adds(mod):
     return tvm.IRModule({"main": Merger(mod).visit_expr(mod["main"])})
 
 
-def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange):
+def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange,
+               offsets: np.ndarray | None):
     """int8 (or uint8) x int8 -> int32 version of `call`, rescaled to float32."""
     from tvm import relax
 
     data, weight = call.args
     w = weight.value.numpy()
     is_conv = _op_name(call) == "relax.nn.conv2d"
-    w_scale, w_int8 = _quantize_weight(w, _channel_axis(call))
+    w_scale, w_int8 = _quantize_weight(w, _channel_axis(call), offsets)
     levels, dtype = (255, "uint8") if layer.unsigned else (127, "int8")
     if tensor_range.channel_thresholds is not None:
         x_scale = np.array(tensor_range.channel_thresholds, "float32") / levels
@@ -351,7 +412,7 @@ def plan_from_json(text: str, where: str) -> Int8Plan:
             r = {**r, "channel_mean": tuple(r.get("channel_mean", ()))}
             ranges.append(TensorRange(**r))
         return Int8Plan(tuple(Layer(**layer) for layer in raw["layers"]), tuple(ranges),
-                        raw["method"])
+                        raw["method"], tuple(raw.get("rounding", ())))
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{where}: not a calibration record ({err}); the artifact is damaged."
                         ) from None

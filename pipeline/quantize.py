@@ -33,10 +33,10 @@ MODES: tuple[str, ...] = get_args(Mode)
 @dataclass(frozen=True)
 class QuantizeOptions:
     mode: Mode = "none"
-    method: int8.Method = "percentile"
+    method: int8.Method = "mse"
     percentile: float = 99.99
     calibration: str = "builtin"
-    calibration_count: int = 64
+    calibration_count: int = 256
     eval_data: str | None = None  # None: the calibration source (builtin: other crops)
     eval_count: int = 200
     keep_float: frozenset[str] = field(default_factory=frozenset)
@@ -204,12 +204,17 @@ def add_quantize_arguments(parser) -> None:
                        help="numeric format of the artifact (default: none, i.e. fp32)")
     group.add_argument("--calibration", default="builtin", metavar="SOURCE",
                        help="int8 calibration data (default: builtin)")
-    group.add_argument("--calibration-method", choices=int8.METHODS, default="percentile",
-                       help="how activation ranges are chosen (default: percentile)")
+    group.add_argument("--calibration-method", choices=int8.METHODS, default="mse",
+                       help="how activation ranges are chosen: the largest value, a percentile "
+                            "of |x|, the least KL divergence, or the least error power "
+                            "(default: mse)")
     group.add_argument("--percentile", type=float, default=99.99, metavar="P",
-                       help="clip activations at this percentile of |x| (default: 99.99)")
-    group.add_argument("--calibration-count", type=int, default=64, metavar="N",
-                       help="calibration inputs to use (default: 64)")
+                       help="with --calibration-method percentile: clip activations at this "
+                            "percentile of |x| (default: 99.99)")
+    group.add_argument("--calibration-count", type=int, default=256, metavar="N",
+                       help="calibration inputs to use (default: 256; the weights' rounding "
+                            "is fitted to them too, and fewer fit worse: EfficientNet-Lite0 "
+                            "loses 2.7 dB of SQNR with 64)")
     group.add_argument("--eval-data", metavar="SOURCE",
                        help="accuracy data (default: the calibration source; for builtin, other "
                             "crops). With labels, the drop is in accuracy points")
