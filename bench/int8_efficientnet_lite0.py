@@ -2,7 +2,7 @@
 and ONNX Runtime's static int8 (QDQ, per-channel weights) against ONNX Runtime fp32.
 
     python bench/int8_efficientnet_lite0.py [--fp32 artifacts/host/efficientnet-lite0-fp32]
-        [--int8 artifacts/host/efficientnet-lite0-int8] [--crops 200] [--ort-method MinMax]
+        [--int8 artifacts/host/efficientnet-lite0-int8] [--crops 600] [--ort-method MinMax]
         [--ort-calibration N]
 
 For each runtime: top-1 agreement with the fp32 PyTorch model on random crops of scikit-image's
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=ROOT / "artifacts" / "host" / "efficientnet-lite0-fp32")
     parser.add_argument("--int8", type=Path,
                         default=ROOT / "artifacts" / "host" / "efficientnet-lite0-int8")
-    parser.add_argument("--crops", type=int, default=200)
+    # 600, not the 200 the target asks at least: on flat logits a few near-ties decide top-1,
+    # and for the same artifact the first 200 crops gave 95.0%, the next 400 98.3%.
+    parser.add_argument("--crops", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--ort-method", default="MinMax",
