@@ -195,11 +195,12 @@ def add_quantize_arguments(parser) -> None:
     group = parser.add_argument_group(
         "quantization",
         "int8: post-training quantization calibrated on sample data (per-channel symmetric int8 "
-        "weights, one scale per activation tensor), computing int8 x int8 -> int32. fp16: only "
-        "for device classes with fp16 arithmetic. The quantized model is measured against fp32 "
-        "before tuning; an artifact that loses more than --max-accuracy-drop is not packaged. "
-        "Data SOURCE: 'builtin' (crops of scikit-image's photos, image models), a folder of "
-        "images, a .npy of inputs, or a .npz with 'inputs' and optional 'labels'.")
+        "weights rounded to fit the calibration data, one scale per activation tensor), computing "
+        "int8 x int8 -> int32. fp16: only for device classes with fp16 arithmetic. The "
+        "quantized model is measured against fp32 before tuning; an artifact that loses more "
+        "than --max-accuracy-drop is not packaged. Data SOURCE: 'builtin' (crops of "
+        "scikit-image's photos, image models), a folder of images, a .npy of inputs, or a .npz "
+        "with 'inputs' and optional 'labels'.")
     group.add_argument("--quantize", choices=MODES, default="none",
                        help="numeric format of the artifact (default: none, i.e. fp32)")
     group.add_argument("--calibration", default="builtin", metavar="SOURCE",
