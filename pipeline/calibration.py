@@ -89,7 +89,7 @@ def calibrate(mod, inputs: np.ndarray, method: Method, percentile: float = 99.99
                                   _relative_noise(values, threshold, levels), None, means))
     print(f"  rounding the weights of {sum(g is not None for g in geometries)} of {len(layers)} "
           "layers against the calibration data (GPTQ)", file=out)
-    rounded = tuple("" if geometry is None else compensated_rounding(call, moment)
+    rounded = tuple("" if geometry is None else compensated_rounding(call, geometry, moment)
                     for call, geometry, moment in zip(calls, geometries, moments, strict=True))
     return Int8Plan(tuple(layers), tuple(ranges), method, rounded)
 

@@ -155,14 +155,19 @@ def _quantize_weight(weight: np.ndarray, axis: int, offsets: np.ndarray | None =
     EfficientNet-Lite0 this lifts the logits' SQNR with only depthwise weights quantized from
     25 to 31 dB (measured in a fake-quantized PyTorch copy)."""
     scale = _weight_scale(weight, axis)
-    exact = weight / scale
-    rounded = np.round(exact)
+    rounded = _nearest(weight, scale)
     if offsets is not None:
-        rounded = np.clip(rounded, -127, 127) + offsets
+        rounded = rounded + offsets
     elif weight.ndim == 4 and axis == 0 and weight.shape[1] == 1:
-        rounded = _round_preserving_sums(exact.reshape(len(exact), -1),
-                                         rounded.reshape(len(exact), -1)).reshape(weight.shape)
+        exact = (weight / scale).reshape(len(weight), -1)
+        rounded = _round_preserving_sums(exact, rounded.reshape(len(weight), -1)
+                                         ).reshape(weight.shape)
     return scale, np.clip(rounded, -127, 127).astype("int8")
+
+
+def _nearest(weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Nearest rounding in int8's range: what recorded rounding offsets are counted from."""
+    return np.clip(np.round(weight / scale), -127, 127)
 
 
 def _weight_scale(weight: np.ndarray, axis: int) -> np.ndarray:
@@ -190,15 +195,14 @@ def weight_geometry(call) -> Geometry | None:
                     tuple(int(d) for d in attrs.dilation))
 
 
-def compensated_rounding(call, moment: np.ndarray) -> str:
+def compensated_rounding(call, geometry: Geometry, moment: np.ndarray) -> str:
     """The offsets from nearest rounding that pipeline.rounding.gptq chooses for `call`'s
-    weights against `moment` (its input patches' second moment), as record text."""
+    weights against `moment` (the second moment of its input patches, read as `geometry`
+    says), as record text."""
     weight = call.args[1].value.numpy()
-    geometry = weight_geometry(call)
     scale = _weight_scale(weight, _channel_axis(call))
-    nearest = np.clip(np.round(weight / scale), -127, 127)
     chosen = rounding.round_weight(weight, scale, moment, geometry)
-    return rounding.encode(chosen.astype("int16") - nearest.astype("int16"))
+    return rounding.encode(chosen.astype("int16") - _nearest(weight, scale).astype("int16"))
 
 
 def _round_preserving_sums(exact: np.ndarray, rounded: np.ndarray) -> np.ndarray:
