@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -18,10 +18,11 @@ import yaml
 from pipeline.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "device_configs"
+CPUINFO = Path("/proc/cpuinfo")
 
 Capability = Literal["fp16", "int8", "dotprod", "neon", "avx2", "avx512", "vnni"]
 CAPABILITIES: frozenset[str] = frozenset(get_args(Capability))
-_TARGET_KEYS = frozenset({"kind", "mtriple", "mcpu", "mattr", "num-cores"})
+TARGET_KEYS = frozenset({"kind", "mtriple", "mcpu", "mattr", "num-cores"})
 _TOP_KEYS = frozenset({"name", "description", "target", "cross_compiler", "rpc_key", "cores",
                        "capabilities", "tuning", "emulated_cpu"})
 _TUNING_KEYS = frozenset({"trials", "trials_per_task"})
@@ -64,6 +65,10 @@ class DeviceConfig:
     tuning: Tuning
     source: Path
     emulated_cpu: str | None = None
+    detected: bool = False  # `target: detect`: this machine's CPU, read off at load
+
+    def with_target(self, target: dict[str, Any]) -> DeviceConfig:
+        return replace(self, target=dict(target))
 
     @property
     def is_aarch64(self) -> bool:
@@ -141,7 +146,7 @@ def _parse(raw: dict[str, Any], path: Path) -> DeviceConfig:
         name=raw["name"], description=str(raw.get("description", "")), target=target,
         cross_compiler=raw.get("cross_compiler"), rpc_key=str(raw["rpc_key"]), cores=cores,
         capabilities=frozenset(caps), tuning=tuning, source=path,
-        emulated_cpu=raw.get("emulated_cpu"))
+        emulated_cpu=raw.get("emulated_cpu"), detected=raw["target"] == "detect")
 
 
 def _reject_unknown(raw: dict, known: frozenset[str], prefix: str, fail) -> None:
@@ -156,7 +161,7 @@ def _parse_target(raw: Any, fail) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise fail("target", "must be a mapping like {kind: llvm, mtriple: ..., mcpu: ...} "
                              "or the word 'detect'")
-    _reject_unknown(raw, _TARGET_KEYS, "target.", fail)
+    _reject_unknown(raw, TARGET_KEYS, "target.", fail)
     if raw.get("kind") != "llvm":
         raise fail("target.kind", "must be 'llvm' (CPU device classes only)")
     for key in ("mtriple", "mcpu"):
@@ -170,15 +175,37 @@ def _parse_target(raw: Any, fail) -> dict[str, Any]:
     return dict(raw)
 
 
-def detect_host_target() -> dict[str, Any]:
+def detect_host_target(cpuinfo: Path | None = None) -> dict[str, Any]:
     """This machine's CPU as an LLVM target: the newest CPU model whose extensions it has."""
     from tvm.target import codegen
 
     cpu = codegen.llvm_get_system_cpu()
     triple = f"{os.uname().machine}-linux-gnu"
     if triple.startswith("x86_64"):
-        cpu = _best_x86_model(cpu, _cpuinfo_flags())
+        cpu = _best_x86_model(cpu, _cpuinfo_flags(cpuinfo))
     return {"kind": "llvm", "mtriple": triple, "mcpu": cpu}
+
+
+def runs_target(target: dict[str, Any], cpuinfo: Path | None = None) -> bool:
+    """Whether this machine's CPU executes every instruction code built for `target` may use:
+    the same architecture, and every x86 extension the target's CPU model (and mattr) implies
+    reported in `cpuinfo`."""
+    import tvm
+    from tvm.target import codegen
+
+    if not str(target.get("mtriple", "")).startswith(os.uname().machine):
+        return False
+    if not str(target["mtriple"]).startswith("x86_64"):
+        return target.get("mcpu") == detect_host_target(cpuinfo)["mcpu"]
+    flags = _cpuinfo_flags(cpuinfo)
+    implied = codegen.llvm_get_cpu_features(tvm.target.Target(
+        {k: v for k, v in target.items() if k in ("kind", "mtriple", "mcpu", "mattr")}))
+    return bool(flags) and _has_every_extension(implied, flags)
+
+
+def _has_every_extension(implied, flags: set[str]) -> bool:
+    """Every x86 extension in LLVM's `implied` features is among the /proc/cpuinfo `flags`."""
+    return all(llvm not in implied or flag in flags for flag, llvm in _X86_FEATURES.items())
 
 
 def _best_x86_model(cpu: str, flags: set[str]) -> str:
@@ -189,14 +216,16 @@ def _best_x86_model(cpu: str, flags: set[str]) -> str:
         return cpu
     for model in (cpu, *_X86_MODELS):
         implied = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": model}))
-        if all(llvm not in implied or flag in flags for flag, llvm in _X86_FEATURES.items()):
+        if _has_every_extension(implied, flags):
             return model
     return "x86-64"
 
 
-def _cpuinfo_flags() -> set[str]:
+def _cpuinfo_flags(cpuinfo: Path | None = None) -> set[str]:
+    """The CPU's feature flags as the kernel reports them (CPUINFO unless told otherwise: tests
+    point it at a fake file to stand for another CPU)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = (cpuinfo or CPUINFO).read_text()
     except OSError:
         return set()
     for line in text.splitlines():

@@ -70,6 +70,7 @@ def run_job(device: DeviceConfig, model: LoadedModel, trials: int,
     out = out or sys.stderr
     variant = options.variant
     folder = logs.log_dir(device.name, model.name, variant, log_root)
+    device = _device_for_logs(device, folder, out)
     print(f"importing {model.spec} ({model.source}, input {list(model.input_shape)})", file=out)
     imported = import_model(model)
     quantized = quantize(imported, model, device, options, out)
@@ -131,6 +132,15 @@ def _verify(lib: Path, model: LoadedModel, quantized: Quantized, device: DeviceC
     return checked
 
 
+def _device_for_logs(device: DeviceConfig, folder: Path, out) -> DeviceConfig:
+    buildable = logs.buildable_device(device, folder)
+    if buildable is not device:
+        print(f"{device.name}: this CPU ({device.target['mcpu']}) runs every instruction of "
+              f"{buildable.target['mcpu']}, the CPU model the logs in {folder} were tuned for: "
+              f"building for {buildable.target['mcpu']}", file=out)
+    return buildable
+
+
 @contextlib.contextmanager
 def _farm(device: DeviceConfig, tracker: TrackerAddress | None):
     if tracker is not None:
@@ -157,8 +167,12 @@ def toolchain_versions(device: DeviceConfig) -> dict[str, str]:
 
 def run_cli(args: argparse.Namespace, tune_trials: int | None) -> int:
     """Shared body of the tune/build CLIs: parse-level values in, exit status out."""
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(
-        logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    metaschedule = logging.getLogger("tvm.s_tir.meta_schedule")
+    if getattr(args, "verbose", False):
+        metaschedule.setLevel(logging.INFO)
+        metaschedule.addHandler(logging.StreamHandler(sys.stderr))
+    else:
+        metaschedule.setLevel(logging.WARNING)
     try:
         device = load_device(args.device)
         model = load_model(args.model, args.input_shape)

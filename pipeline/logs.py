@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.devices import TARGET_KEYS, DeviceConfig, runs_target
 from pipeline.errors import UserError
 
 LOG_ROOT = Path(__file__).resolve().parent.parent / "tuning_logs"
@@ -102,6 +103,23 @@ def check_target(folder: Path, target: dict, device: str) -> None:
             f"'{device}' ({ {k: target.get(k) for k in brief} }). Applying them would build "
             f"kernels for the wrong CPU. Move that folder aside to tune afresh, or pick the "
             f"device class those logs belong to.")
+
+
+def buildable_device(device: DeviceConfig, folder: Path) -> DeviceConfig:
+    """`device` as the logs in `folder` can build it. A detected `host` whose logs were tuned
+    on another CPU model takes that model's target when this CPU executes every instruction of
+    it: committed logs then build on every machine that can run what they produce, instead of
+    only on the CPU that tuned them. Anything else is returned as it is (and `check_target`
+    refuses logs of another target)."""
+    import tvm
+
+    targets = record_targets(folder) if device.detected else set()
+    if len(targets) != 1:
+        return device
+    logged = {k: v for k, v in json.loads(next(iter(targets))).items() if k in TARGET_KEYS}
+    if _canonical(tvm.target.Target(logged)) == _canonical(tvm.target.Target(device.target)):
+        return device
+    return device.with_target(logged) if runs_target(logged) else device
 
 
 def _canonical(target) -> str:

@@ -143,8 +143,9 @@ def _run_entry(entry: Entry, result: EntryResult, tracker: TrackerAddress | None
     from pipeline.quantize import QuantizeOptions
     from rpc.local import local_farm
 
-    device = load_device(entry.device)
     model = load_model(entry.model)
+    device = logs.buildable_device(load_device(entry.device),
+                                   logs.log_dir(entry.device, model.name, entry.variant, log_root))
     dest = out_dir / "artifacts" / entry.device / f"{entry.model}-{entry.variant}"
     with contextlib.ExitStack() as stack:
         if tracker is None:

@@ -14,7 +14,7 @@ from pipeline.build import build_library
 from pipeline.devices import load_device
 from pipeline.errors import EXIT_USER_ERROR, UserError
 from pipeline.importer import import_model
-from pipeline.logs import sha256_file
+from pipeline.logs import buildable_device, sha256_file
 from pipeline.models import load_model
 
 
@@ -30,7 +30,7 @@ def rebuild(artifact: Path) -> RebuildReport:
     from pipeline.flow import toolchain_versions
 
     manifest = read_intact(artifact)
-    device = load_device(manifest.device.name)
+    device = buildable_device(load_device(manifest.device.name), artifact / LOGS_DIRNAME)
     model = load_model(manifest.model.spec, tuple(manifest.model.input.shape))
     differences = input_differences(manifest, device, model, toolchain_versions(device))
     mod = import_model(model).mod

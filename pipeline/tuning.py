@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import signal
@@ -63,7 +64,6 @@ def export_shared(mod, compiler: str) -> str:
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: TrackerAddress,
          out=None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
     out = out or sys.stderr
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,8 +108,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int, tracker: 
     space = (vnni.space_generator() if vnni.has_vnni(device.tvm_target()) else
              ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
                                                mutator_probs="llvm"))
-    contexts, weights = extracted_tasks_to_tune_contexts(todo, str(work_dir), space=space,
-                                                         seed=0)
+    contexts, weights = _tune_contexts(todo, space, seed=0)
     with _graceful_ctrl_c(progress, out):
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir),
@@ -163,6 +162,26 @@ def _graceful_ctrl_c(progress: Progress, out):
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+TASK_LOGGER = "tvm.s_tir.meta_schedule.tasks"
+
+
+def _tune_contexts(tasks, space, seed: int):
+    """One TuneContext per task, as MetaSchedule's `extracted_tasks_to_tune_contexts` makes
+    them, but logging to a plain logger of ours: MetaSchedule's own set-up rebuilds its loggers
+    with `logging.config.dictConfig` from the names of every handler already on them, and
+    crashes on a handler it did not create (pytest's, or a user application's, unnamed ones)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    logger = logging.getLogger(TASK_LOGGER)
+    contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target,
+                               space_generator=space, search_strategy="evolutionary",
+                               task_name=task.task_name, logger=logger, rand_state=rand_state,
+                               num_threads="physical").clone()
+                for task, rand_state in zip(tasks, fork_seed(seed, n=len(tasks)), strict=True)]
+    return contexts, [float(task.weight) for task in tasks]
 
 
 def _tunable(task) -> bool:

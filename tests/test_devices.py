@@ -79,3 +79,65 @@ def test_host_target_only_uses_extensions_this_cpu_reports():
     assert missing == []
     if "avx512f" in flags:
         assert "avx512f" in implied  # and it does not settle for less than the CPU has
+
+
+def _fake_cpuinfo(tmp_path: Path, model: str, drop: tuple[str, ...] = ()) -> Path:
+    """A /proc/cpuinfo of a CPU with exactly the x86 extensions LLVM's `model` implies."""
+    import tvm
+    from tvm.target import codegen
+
+    from pipeline.devices import _X86_FEATURES
+
+    implied = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": model}))
+    flags = ["fpu", "sse", "sse2"] + [flag for flag, llvm in _X86_FEATURES.items()
+                                      if llvm in implied and flag not in drop]
+    path = tmp_path / f"cpuinfo-{model}"
+    path.write_text(f"processor\t: 0\nmodel name\t: fake {model}\nflags\t\t: "
+                    f"{' '.join(flags)}\n\n")
+    return path
+
+
+ICELAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server",
+           "num-cores": 2}
+NUC = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "num-cores": 4}
+
+
+@pytest.mark.parametrize("cpu, drop, icelake, nuc", [
+    ("sapphirerapids", (), True, True),  # AMX, AVX-512-FP16: a superset of Ice Lake's
+    ("znver4", (), True, True),
+    ("icelake-server", (), True, True),
+    ("icelake-server", ("avx512_vnni",), False, True),  # a hypervisor hiding one extension
+    ("alderlake", (), False, True),  # AVX2 + AVX-VNNI, no AVX-512
+    ("x86-64-v2", (), False, False),  # no AVX2
+])
+def test_which_targets_a_cpu_runs_is_read_off_its_cpuinfo(tmp_path, cpu, drop, icelake, nuc):
+    from pipeline.devices import runs_target
+
+    cpuinfo = _fake_cpuinfo(tmp_path, cpu, drop)
+    assert runs_target(ICELAKE, cpuinfo) is icelake
+    assert runs_target(NUC, cpuinfo) is nuc
+    arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53"}
+    assert not runs_target(arm, cpuinfo)
+
+
+@pytest.mark.parametrize("cpu, builds", [("sapphirerapids", True), ("znver4", True),
+                                         ("alderlake", False)])
+def test_host_builds_committed_logs_of_a_cpu_model_this_cpu_runs(tmp_path, monkeypatch, cpu,
+                                                                  builds):
+    """`host` logs tuned on an Ice Lake build on any CPU with all of Ice Lake's extensions, for
+    the Ice Lake target; on a CPU without AVX-512 they are refused, naming the target."""
+    from pipeline import devices, logs
+
+    monkeypatch.setattr(devices, "CPUINFO", _fake_cpuinfo(tmp_path, cpu))
+    host = load_device("host")
+    assert host.detected
+    folder = logs.log_dir("host", "efficientnet-lite0", "fp32")
+    device = logs.buildable_device(host, folder)
+    if builds:
+        assert device.target == ICELAKE | {"num-cores": device.target["num-cores"]}
+        logs.check_target(folder, device.target, "host")
+    else:
+        assert device is host
+        with pytest.raises(UserError, match=r"tuned for another target.*icelake-server"):
+            logs.check_target(folder, device.target, "host")
+    assert logs.buildable_device(load_device("x86-nuc"), folder).target["mcpu"] == "x86-64-v3"

@@ -1,6 +1,7 @@
 """Tune a tiny model over a real loopback tracker + RPC server, build, verify, package, rebuild."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -17,17 +18,46 @@ from pipeline.tuning import tune
 TRIALS = 16
 
 
+class _Unnamed(logging.Handler):
+    """A handler as applications (and pytest 9) attach them: no name."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, host_device, tiny_model, host_farm):
-    """One real tuning run of tiny-cnn (16 trials) into a fresh log root, then the full job."""
+    """One real tuning run of tiny-cnn (16 trials) into a fresh log root, then the full job,
+    with an unnamed handler of someone else's on MetaSchedule's logger (MetaSchedule's own
+    logger set-up crashed on one)."""
     root = tmp_path_factory.mktemp("logs")
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    result = run_job(host_device, tiny_model, TRIALS, host_farm, out, root)
-    return root, out, result
+    metaschedule = logging.getLogger("tvm.s_tir.meta_schedule")
+    foreign, level = _Unnamed(), metaschedule.level
+    metaschedule.addHandler(foreign)
+    metaschedule.setLevel(logging.INFO)
+    try:
+        result = run_job(host_device, tiny_model, TRIALS, host_farm, out, root)
+    finally:
+        metaschedule.removeHandler(foreign)
+        metaschedule.setLevel(level)
+    return root, out, result, foreign
+
+
+def test_tuning_leaves_a_foreign_handler_in_place_and_feeds_it(tuned):
+    foreign = tuned[3]
+    assert foreign.get_name() is None
+    # MetaSchedule's task scheduler reports each batch through the logger tree we keep intact.
+    assert any("Sending" in m or "Task" in m or "trial" in m.lower() for m in foreign.messages), \
+        foreign.messages[:5]
 
 
 def test_tuning_writes_measured_records_for_the_host_target(tuned, host_device, tiny_model):
-    root, _, _ = tuned
+    root = tuned[0]
     folder = logs.log_dir("host", tiny_model.name, "fp32", root)
     records = [json.loads(line) for line in (folder / logs.RECORDS).read_text().splitlines()]
     assert len(records) >= TRIALS
@@ -37,7 +67,7 @@ def test_tuning_writes_measured_records_for_the_host_target(tuned, host_device, 
 
 
 def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
-    _, out, result = tuned
+    _, out, result, _ = tuned
     manifest = read_manifest(out)
     assert manifest == result.manifest
     assert check_hashes(out, manifest) == []
@@ -53,7 +83,7 @@ def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
 
 
 def test_rerun_with_met_budget_tunes_nothing(tuned, host_device, tiny_model, host_farm, capsys):
-    root, _, _ = tuned
+    root = tuned[0]
     folder = logs.log_dir("host", tiny_model.name, "fp32", root)
     before = (folder / logs.RECORDS).read_bytes()
     lowered = lower(import_model(tiny_model).mod, host_device.tvm_target())
@@ -64,7 +94,7 @@ def test_rerun_with_met_budget_tunes_nothing(tuned, host_device, tiny_model, hos
 
 
 def test_rebuild_is_byte_identical(tuned):
-    _, out, _ = tuned
+    out = tuned[1]
     report = rebuild(out)
     assert report.identical, report
     assert report.rebuilt_sha256 == read_manifest(out).files[LIB_NAME]
@@ -73,7 +103,7 @@ def test_rebuild_is_byte_identical(tuned):
 def test_rebuild_names_a_tampered_tuning_log(tuned, tmp_path):
     import shutil
 
-    _, out, _ = tuned
+    out = tuned[1]
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     records = copy / "tuning_logs" / logs.RECORDS
@@ -85,7 +115,7 @@ def test_rebuild_names_a_tampered_tuning_log(tuned, tmp_path):
 def test_logs_for_another_target_are_refused(tuned, tiny_model):
     from pipeline.devices import load_device
 
-    root, _, _ = tuned
+    root = tuned[0]
     folder = logs.log_dir("host", tiny_model.name, "fp32", root)
     nuc = load_device("x86-nuc")
     with pytest.raises(UserError, match="tuned for another target"):
@@ -95,7 +125,7 @@ def test_logs_for_another_target_are_refused(tuned, tiny_model):
 def test_truncated_last_record_is_moved_aside_and_the_rest_loads(tuned, tmp_path):
     import shutil
 
-    root, _, _ = tuned
+    root = tuned[0]
     folder = tmp_path / "logs"
     shutil.copytree(next(root.glob("host/*")), folder)
     lines = (folder / logs.RECORDS).read_text().splitlines()
@@ -114,7 +144,7 @@ def test_library_runs_locally_like_on_the_board(tuned, tiny_model):
     import tvm
     from tvm import relax
 
-    _, out, result = tuned
+    _, out, result, _ = tuned
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / LIB_NAME)), tvm.cpu())
     x = tiny_model.sample_input()
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
