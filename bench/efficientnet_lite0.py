@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.artifact import read_manifest
-    from pipeline.models import load_model
+    from pipeline.artifact.manifest import read_manifest
+    from pipeline.frontend.models import load_model
 
     torch.set_num_threads(args.threads)
     model = load_model("efficientnet-lite0")

@@ -44,7 +44,7 @@ def _tvm_predict(artifact: Path):
 
 
 def _calibration_count(int8_artifact: Path) -> int:
-    from pipeline.artifact import read_manifest
+    from pipeline.artifact.manifest import read_manifest
 
     if not (int8_artifact / "manifest.json").is_file():
         return 64
@@ -89,8 +89,8 @@ def _ort_int8(fp32_path: str, int8_path: str, calibration: np.ndarray, method: s
 
 
 def _scores(reference: np.ndarray, outputs: np.ndarray) -> str:
-    from pipeline.accuracy import compare
-    from pipeline.artifact import DataInfo
+    from pipeline.artifact.manifest import DataInfo
+    from pipeline.quantization.accuracy import compare
 
     report = compare(reference, outputs, None, DataInfo("bench", len(outputs), ""), 100.0)
     return (f"{100 * report.top1_agreement:5.1f}% {100 * report.top5_overlap:5.1f}% "
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from bench.efficientnet_lite0 import median_ms
-    from pipeline.datasets import CALIBRATION_SEED, builtin_crops
-    from pipeline.models import load_model
+    from pipeline.frontend.models import load_model
+    from pipeline.quantization.datasets import CALIBRATION_SEED, builtin_crops
 
     ort_crops = args.ort_calibration or _calibration_count(args.int8)
     torch.set_num_threads(args.threads)

@@ -1,140 +1,45 @@
 """`python -m pipeline.deploy ARTIFACT --board NAME`: push an artifact to a board over SSH,
-check its hashes there against the manifest, and run a smoke inference on the board.
-
-The smoke input is the model's sample input when the model can be loaded here (then the
-board's output is compared with the framework's), otherwise seeded noise of the manifest's
-input shape (then only the output's shape and finiteness are checked).
-"""
+check its hashes there against the manifest, and run a smoke inference on the board."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.artifact import Manifest, read_intact
-from pipeline.errors import EXIT_USER_ERROR, UserError
-from pipeline.verify import tolerance
-from rpc.inventory import Board, load_inventory
-
-SMOKE_SCRIPT = Path(__file__).resolve().parent.parent / "rpc" / "board_smoke.py"
-
-
-@dataclass(frozen=True)
-class DeployResult:
-    board: str
-    remote_dir: str
-    files_checked: int
-    output_shape: tuple[int, ...]
-    max_abs_error: float | None  # None when the model is not available here to compare with
-    board_ms_median: float
-    emulated: bool
-
-
-def deploy(artifact: Path, board: Board, accept_new_host_key: bool = False,
-           out=None) -> DeployResult:
-    from rpc import ssh
-
-    out = out or sys.stderr
-    manifest = read_intact(artifact)
-    if board.ssh is None:
-        raise UserError(f"Board '{board.name}' has no ssh section: deploy pushes over SSH.")
-    if board.device.name != manifest.device.name:
-        raise UserError(f"{artifact} is built for '{manifest.device.name}' and board "
-                        f"'{board.name}' is a '{board.device.name}': pick a board of that class.")
-    remote_dir = f"{board.ssh.workdir}/artifacts/{manifest.device.name}/{artifact.name}"
-    x, reference = _smoke_input(artifact, manifest)
-    with ssh.session(board.ssh, accept_new_host_key) as remote:
-        print(f"pushing {artifact} to {board.name}:{remote_dir}", file=out)
-        remote.check(f"rm -rf {shlex.quote(remote_dir)}", "clearing the old copy")
-        remote.push(artifact, remote_dir)
-        remote_hashes = ssh.sha256_remote(remote, sorted(manifest.files), remote_dir)
-        wrong = [p for p, digest in manifest.files.items() if remote_hashes.get(p) != digest]
-        if wrong:
-            raise UserError(f"On {board.name}, {', '.join(wrong)} differ from the manifest after "
-                            f"the copy (disk full or a failing card?); nothing was run.")
-        print(f"  {len(manifest.files)} files match the manifest's sha256 on the board", file=out)
-        with tempfile.TemporaryDirectory(prefix="pipeline-deploy-") as tmp:
-            np.save(Path(tmp) / "input.npy", x)
-            remote.push(Path(tmp) / "input.npy", f"{remote_dir}/smoke-input.npy")
-            remote.push(SMOKE_SCRIPT, f"{remote_dir}/{SMOKE_SCRIPT.name}")
-            line = remote.check(
-                f"cd {shlex.quote(remote_dir)} && {shlex.quote(board.ssh.python)} "
-                f"{SMOKE_SCRIPT.name} lib.so smoke-input.npy smoke-output.npy",
-                "the smoke inference", timeout_s=600).strip().splitlines()[-1]
-            remote.fetch(f"{remote_dir}/smoke-output.npy", Path(tmp) / "output.npy")
-            y = np.load(Path(tmp) / "output.npy")
-    report = json.loads(line)
-    expected = tuple(manifest.model.output.shape)
-    if tuple(y.shape) != expected or not report["finite"]:
-        raise UserError(f"The smoke inference on {board.name} gave shape {tuple(y.shape)} "
-                        f"(expected {expected}), finite={report['finite']}: the artifact is "
-                        f"broken on this board.")
-    error = None
-    if reference is not None:
-        error = float(np.max(np.abs(y.astype("float64") - reference.astype("float64"))))
-        allowed = tolerance(reference, manifest.variant)
-        if not error <= allowed:
-            raise UserError(f"On {board.name} the output differs from the reference by "
-                            f"{error:.3g} (tolerance {allowed:.3g}).")
-    return DeployResult(board.name, remote_dir, len(manifest.files), tuple(y.shape), error,
-                        float(report["ms_median"]), board.emulated)
-
-
-def _smoke_input(artifact: Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
-    """An input and what the board must answer: the framework's output for fp32, the same
-    quantized model compiled for this machine for int8/fp16 (as verification at build time)."""
-    from pipeline.models import load_model
-
-    shape = tuple(manifest.model.input.shape)
-    try:
-        model = load_model(manifest.model.spec, shape)
-    except UserError:
-        model = None
-    if model is None or model.sha256 != manifest.model.sha256:  # not the model it was built from
-        return np.random.default_rng(0).standard_normal(shape).astype("float32"), None
-    x = model.sample_input()
-    if manifest.quantization is None:
-        return x, model.reference_output(x)
-    from pipeline.importer import import_model
-    from pipeline.lowering import compile_for_host
-    from pipeline.rebuild import requantize_artifact
-
-    quantized = requantize_artifact(artifact, manifest, import_model(model).mod)
-    return x, compile_for_host(quantized)(x)[0]
+from pipeline.base.paths import DEFAULT_INVENTORY
+from pipeline.cli import run_main
+from pipeline.farm.inventory import load_inventory
+from pipeline.job.deploy_job import deploy
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.deploy",
         description="Push an artifact to a farm board over SSH, check its sha256 there against "
-                    "the manifest, and run a smoke inference on the board.")
+                    "the manifest, and run a smoke inference on the board: against the "
+                    "framework's output when the model can be loaded here, otherwise a shape "
+                    "and finiteness check on seeded noise.")
     parser.add_argument("artifact", type=Path, help="artifact folder (with manifest.json)")
     parser.add_argument("--board", required=True, help="board name from the inventory")
-    parser.add_argument("--inventory", type=Path, default=Path("rpc/farm.yaml"),
+    parser.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY,
                         help="farm inventory YAML (default: rpc/farm.yaml)")
     parser.add_argument("--accept-new-host-key", action="store_true",
                         help="trust and record a host key not yet in known_hosts")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         board = load_inventory(args.inventory).board(args.board)
         result = deploy(args.artifact, board, args.accept_new_host_key)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    check = ("matches the framework (max abs error "
-             f"{result.max_abs_error:.2e})" if result.max_abs_error is not None
-             else "has the right shape and is finite (model not available here to compare)")
-    timing = ("emulated board: timing not meaningful" if result.emulated
-              else f"{result.board_ms_median:.2f} ms median of 3")
-    print(f"deployed to {result.board}:{result.remote_dir}; output {check}; {timing}")
-    return 0
+        check = ("matches the framework (max abs error "
+                 f"{result.max_abs_error:.2e})" if result.max_abs_error is not None
+                 else "has the right shape and is finite (model not available here to compare)")
+        timing = ("emulated board: timing not meaningful" if result.emulated
+                  else f"{result.board_ms_median:.2f} ms median of 3")
+        print(f"deployed to {result.board}:{result.remote_dir}; output {check}; {timing}")
+        return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from pipeline.build import add_model_arguments
-from pipeline.quantize import add_quantize_arguments
+from pipeline.cli import add_model_arguments, add_quantize_arguments, build_main
 
 
 def _trials(text: str) -> int:
@@ -18,8 +16,6 @@ def _trials(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.flow import run_cli
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.tune",
         description=(
@@ -48,11 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="RPC tracker of the device farm (python -m rpc.farm up starts one; "
                              "default: an embedded farm on 127.0.0.1 with one board: this "
                              "machine for x86 classes, an emulated aarch64 board for ARM ones)")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's own logs")
     args = parser.parse_args(argv)
-    return run_cli(args, tune_trials=args.trials)
+    return build_main(args, trials=args.trials)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def host_farm(host_device):
     """A real tracker on 127.0.0.1 with one RPC server (this machine) under the key 'host'."""
-    from rpc.local import local_farm
+    from pipeline.farm.local import local_farm
 
     with local_farm(host_device) as farm:
         yield farm.address
@@ -16,14 +16,14 @@ def host_farm(host_device):
 
 @pytest.fixture(scope="session")
 def host_device():
-    from pipeline.devices import load_device
+    from pipeline.base.devices import load_device
 
     return load_device("host")
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from pipeline.models import load_model
+    from pipeline.frontend.models import load_model
 
     return load_model("tiny-cnn")
 

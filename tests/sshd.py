@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rpc.inventory import SshAccess
-from rpc.tracker import free_port, wait_for_port
+from pipeline.farm.inventory import SshAccess
+from pipeline.farm.tracker import free_port, wait_for_port
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,15 @@ import time
 import pytest
 import yaml
 
-from pipeline import logs
-from pipeline.artifact import LIB_NAME, read_manifest
-from pipeline.deploy import deploy
-from pipeline.devices import CONFIG_DIR, load_device
-from pipeline.errors import UserError
-from pipeline.flow import run_job
-from rpc.farm import Farm
-from rpc.inventory import load_inventory
+from pipeline.artifact.manifest import LIB_NAME, read_manifest
+from pipeline.artifact.tuning_logs import RECORDS, log_dir
+from pipeline.base.devices import CONFIG_DIR, load_device
+from pipeline.base.errors import UserError
+from pipeline.base.variant import ArtifactKey, Variant
+from pipeline.farm.inventory import load_inventory
+from pipeline.farm.lifecycle import Farm
+from pipeline.job.build_job import JobSpec, run_job
+from pipeline.job.deploy_job import deploy
 from tests.test_farm import _inventory
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def arm_run(sshd, tiny_model, tmp_path_factory):
     device = load_device(str(tmp / "arm-a53.yaml"))
     inventory = load_inventory(_inventory(sshd, tmp))
     farm = Farm(inventory, tmp / "state")
-    records = logs.log_dir("arm-a53", tiny_model.name, "fp32", tmp / "logs") / logs.RECORDS
+    records = log_dir(ArtifactKey("arm-a53", tiny_model.name, Variant.FP32), tmp / "logs") / RECORDS
     seen_at_kill: list[str] = []
 
     def kill_after_first_batch():
@@ -49,8 +50,8 @@ def arm_run(sshd, tiny_model, tmp_path_factory):
     try:
         killer = threading.Thread(target=kill_after_first_batch, daemon=True)
         killer.start()
-        result = run_job(device, tiny_model, TRIALS, farm.address, tmp / "artifact",
-                         tmp / "logs")
+        result = run_job(JobSpec(device, tiny_model, TRIALS, farm.address, tmp / "artifact",
+                         tmp / "logs"))
         killer.join(timeout=5)
         statuses = {s.name: s.state for s in farm.status()}
         farm.heal()  # the crashed board comes back for the deploy test

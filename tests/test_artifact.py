@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.artifact import (
+from pipeline.artifact.manifest import (
     LIB_NAME,
     DeviceInfo,
     Manifest,
@@ -14,9 +14,10 @@ from pipeline.artifact import (
     Verification,
     check_hashes,
     read_manifest,
-    write_artifact,
 )
-from pipeline.errors import UserError
+from pipeline.artifact.store import write_artifact
+from pipeline.base.errors import UserError
+from pipeline.base.variant import Variant
 
 
 def _manifest() -> Manifest:
@@ -24,7 +25,7 @@ def _manifest() -> Manifest:
         model=ModelInfo("m", "zoo", "m", "ab" * 32, TensorSpec("input", (1, 3, 8, 8)),
                         TensorSpec("output", (1, 10))),
         device=DeviceInfo("host", {"kind": "llvm", "mcpu": "x"}, "host", "cd" * 32),
-        variant="fp32", toolchain={"apache-tvm": "0.27.0.post1"},
+        variant=Variant.FP32, toolchain={"apache-tvm": "0.27.0.post1"},
         tuning=TuningInfo(16, 2, 7, {"database_tuning_record.json": "ef" * 32}), files={},
         verification=Verification("host", False, 1e-7, True, 0.5, 0.6))
 
@@ -114,7 +115,7 @@ def _device(tar):
 @pytest.mark.parametrize("add, message", [(_symlink, "is a link"), (_climb, "outside"),
                                           (_device, "device or FIFO")])
 def test_unpack_refuses_links_climbing_paths_and_devices(tmp_path, add, message):
-    from pipeline.artifact import unpack
+    from pipeline.artifact.store import unpack
 
     with pytest.raises(UserError, match=message):
         unpack(_tar_with(tmp_path, add), tmp_path / "out")
@@ -126,7 +127,7 @@ def test_pack_is_reproducible_and_unpack_checks_hashes(tmp_path):
     import io
     import tarfile
 
-    from pipeline.artifact import pack, unpack
+    from pipeline.artifact.store import pack, unpack
 
     folder = _artifact(tmp_path)
     first, second = pack(folder, tmp_path / "a.tar.gz"), pack(folder, tmp_path / "b.tar.gz")

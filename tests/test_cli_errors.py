@@ -4,8 +4,8 @@ import pytest
 
 from pipeline import build as build_cli
 from pipeline import tune as tune_cli
-from pipeline.devices import CONFIG_DIR
-from rpc.tracker import free_port
+from pipeline.base.devices import CONFIG_DIR
+from pipeline.farm.tracker import free_port
 
 
 def _run(main, argv, capsys):

@@ -2,8 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devices import CONFIG_DIR, available_devices, detect_host_target, load_device
-from pipeline.errors import UserError
+from pipeline.artifact.tuning_logs import buildable_device, check_target, log_dir
+from pipeline.base.devices import CONFIG_DIR, available_devices, detect_host_target, load_device
+from pipeline.base.errors import UserError
+from pipeline.base.variant import ArtifactKey, Variant
 
 
 def test_every_shipped_device_class_loads_with_a_valid_target():
@@ -65,7 +67,7 @@ def test_host_target_only_uses_extensions_this_cpu_reports():
     import tvm
     from tvm.target import codegen
 
-    from pipeline.devices import _X86_FEATURES
+    from pipeline.base.devices import _X86_FEATURES
 
     flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -86,7 +88,7 @@ def _fake_cpuinfo(tmp_path: Path, model: str, drop: tuple[str, ...] = ()) -> Pat
     import tvm
     from tvm.target import codegen
 
-    from pipeline.devices import _X86_FEATURES
+    from pipeline.base.devices import _X86_FEATURES
 
     implied = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": model}))
     flags = ["fpu", "sse", "sse2"] + [flag for flag, llvm in _X86_FEATURES.items()
@@ -111,7 +113,7 @@ NUC = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3", "num-
     ("x86-64-v2", (), False, False),  # no AVX2
 ])
 def test_which_targets_a_cpu_runs_is_read_off_its_cpuinfo(tmp_path, cpu, drop, icelake, nuc):
-    from pipeline.devices import runs_target
+    from pipeline.base.devices import runs_target
 
     cpuinfo = _fake_cpuinfo(tmp_path, cpu, drop)
     assert runs_target(ICELAKE, cpuinfo) is icelake
@@ -126,18 +128,18 @@ def test_host_builds_committed_logs_of_a_cpu_model_this_cpu_runs(tmp_path, monke
                                                                   builds):
     """`host` logs tuned on an Ice Lake build on any CPU with all of Ice Lake's extensions, for
     the Ice Lake target; on a CPU without AVX-512 they are refused, naming the target."""
-    from pipeline import devices, logs
+    from pipeline.base import devices
 
     monkeypatch.setattr(devices, "CPUINFO", _fake_cpuinfo(tmp_path, cpu))
     host = load_device("host")
     assert host.detected
-    folder = logs.log_dir("host", "efficientnet-lite0", "fp32")
-    device = logs.buildable_device(host, folder)
+    folder = log_dir(ArtifactKey("host", "efficientnet-lite0", Variant.FP32))
+    device = buildable_device(host, folder)
     if builds:
         assert device.target == ICELAKE | {"num-cores": device.target["num-cores"]}
-        logs.check_target(folder, device.target, "host")
+        check_target(folder, device.target, "host")
     else:
         assert device is host
         with pytest.raises(UserError, match=r"tuned for another target.*icelake-server"):
-            logs.check_target(folder, device.target, "host")
-    assert logs.buildable_device(load_device("x86-nuc"), folder).target["mcpu"] == "x86-64-v3"
+            check_target(folder, device.target, "host")
+    assert buildable_device(load_device("x86-nuc"), folder).target["mcpu"] == "x86-64-v3"

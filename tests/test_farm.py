@@ -6,11 +6,11 @@ import time
 import pytest
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.base.errors import UserError
+from pipeline.farm.emulated import require_ready
+from pipeline.farm.inventory import parse_inventory
+from pipeline.farm.lifecycle import Farm, class_counts
 from rpc import farm as farm_cli
-from rpc.emulated import require_ready
-from rpc.farm import Farm, class_counts
-from rpc.inventory import parse_inventory
 
 
 def _inventory(sshd, tmp_path, **health):
@@ -33,7 +33,7 @@ def _inventory(sshd, tmp_path, **health):
 
 
 def _free_port():
-    from rpc.tracker import free_port
+    from pipeline.farm.tracker import free_port
 
     return free_port()
 
@@ -94,10 +94,10 @@ def test_farm_up_status_restart_quarantine_down(sshd, tmp_path, capsys):
 
     pids = {name: b.pid for name, b in farm.state.boards.items()}
     assert farm_cli.main(["down", *args]) == 0
-    from rpc import ssh
-    from rpc.farm import _local_alive
+    from pipeline.farm import ssh
+    from pipeline.farm.processes import local_alive
 
-    assert not _local_alive(pids["phone-local"])
+    assert not local_alive(pids["phone-local"])
     with ssh.session(farm.inventory.board("phone-ssh").ssh) as remote:
         assert not remote.is_alive(pids["phone-ssh"])
     assert not (state / "state.json").exists()
@@ -119,8 +119,8 @@ def test_a_kernel_with_an_instruction_the_board_lacks_kills_it_and_the_farm_rest
     import tvm
     from tvm import rpc, te
 
-    from pipeline.devices import load_device
-    from rpc.local import local_farm
+    from pipeline.base.devices import load_device
+    from pipeline.farm.local import local_farm
 
     n = 64
     a = te.placeholder((n,), "float16", name="a")

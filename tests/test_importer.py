@@ -6,18 +6,18 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import UserError
-from pipeline.importer import import_model
-from pipeline.models import load_model
-from pipeline.zoo.efficientnet_lite import SameConv2d
+from pipeline.base.errors import UserError
+from pipeline.frontend.importer import import_model
+from pipeline.frontend.models import load_model
+from pipeline.frontend.zoo.efficientnet_lite import SameConv2d
 
 
 def _run(imported, x):
     import tvm
     from tvm import relax
 
-    from pipeline.devices import load_device
-    from pipeline.lowering import lower
+    from pipeline.base.devices import load_device
+    from pipeline.compile.lowering import lower
 
     target = load_device("host").tvm_target()
     executable = tvm.compile(lower(imported.mod, target), target=target)
@@ -57,7 +57,7 @@ class _TfPadded(torch.nn.Module):
 
 
 def test_tf_same_padding_is_folded_into_the_convolution(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.zoo.small.TinyCNN", lambda: _TfPadded())
+    monkeypatch.setattr("pipeline.frontend.zoo.small.TinyCNN", lambda: _TfPadded())
     model = load_model("tiny-cnn", (1, 3, 16, 16))
     imported = import_model(model)
     assert {"relax.nn.pad", "relax.nn.batch_norm"}.isdisjoint(_ops(imported.mod))

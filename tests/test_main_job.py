@@ -6,23 +6,32 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import logs
-from pipeline.artifact import check_hashes, read_manifest
-from pipeline.devices import load_device, runs_target
-from pipeline.errors import UserError
-from pipeline.flow import run_job
-from pipeline.models import load_model
+from pipeline.artifact.manifest import check_hashes, read_manifest
+from pipeline.artifact.tuning_logs import (
+    buildable_device,
+    check_target,
+    count_records,
+    file_hashes,
+    log_dir,
+    record_targets,
+    repair,
+)
+from pipeline.base.devices import load_device, runs_target
+from pipeline.base.errors import UserError
+from pipeline.base.variant import ArtifactKey, Variant
+from pipeline.frontend.models import load_model
+from pipeline.job.build_job import JobSpec, run_job
 
 EGYPTIAN_CAT = 285
 
 
-def _committed(device_name: str, variant: str = "fp32"):
+def _committed(device_name: str):
     """The device class as its committed logs build it, and whether this CPU can build them:
     `host` logs tuned on another CPU model build here only if this CPU runs all of its
     instructions (otherwise they are refused, and the test expects that)."""
-    folder = logs.log_dir(device_name, "efficientnet-lite0", variant)
-    device = logs.buildable_device(load_device(device_name), folder)
-    (logged,) = logs.record_targets(folder)
+    folder = log_dir(ArtifactKey(device_name, "efficientnet-lite0", Variant.FP32))
+    device = buildable_device(load_device(device_name), folder)
+    (logged,) = record_targets(folder)
     runs_here = device_name != "host" or runs_target(json.loads(logged))
     return device, folder, runs_here
 
@@ -31,35 +40,34 @@ def _committed(device_name: str, variant: str = "fp32"):
 def test_committed_logs_meet_the_default_budget(device_name):
     """Otherwise the README's first command would start hours of tuning on a fresh machine."""
     device, folder, runs_here = _committed(device_name)
-    assert logs.count_records(folder) >= device.tuning.trials
-    assert logs.repair(folder).dropped == ()
+    assert count_records(folder) >= device.tuning.trials
+    assert repair(folder).dropped == ()
     if runs_here:
-        logs.check_target(folder, device.target, device_name)
+        check_target(folder, device.target, device_name)
     else:
         with pytest.raises(UserError, match="tuned for another target"):
-            logs.check_target(folder, device.target, device_name)
+            check_target(folder, device.target, device_name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device_name", ["x86-nuc", "host"])
 def test_efficientnet_lite0_artifact_from_committed_logs(device_name, tmp_path, tmp_path_factory):
-    from rpc.local import local_farm
+    from pipeline.farm.local import local_farm
 
     device, _, runs_here = _committed(device_name)
     model = load_model("efficientnet-lite0")
     with local_farm(device) as farm:
         if not runs_here:
             with pytest.raises(UserError, match="tuned for another target"):
-                run_job(device, model, 0, farm.address, tmp_path / "artifact")
+                run_job(JobSpec(device, model, 0, farm.address, tmp_path / "artifact"))
             return
-        result = run_job(device, model, 0, farm.address, tmp_path / "artifact")
+        result = run_job(JobSpec(device, model, 0, farm.address, tmp_path / "artifact"))
     manifest = read_manifest(result.artifact)
     assert check_hashes(result.artifact, manifest) == []
     check = manifest.verification
     assert check.top1_matches_framework and check.max_abs_error < 1e-3
     assert manifest.tuning.tuned_kernels >= manifest.tuning.total_kernels * 0.8
-    assert manifest.tuning.log_sha256 == logs.file_hashes(
-        logs.log_dir(device_name, "efficientnet-lite0", "fp32"))
+    assert manifest.tuning.log_sha256 == file_hashes(_committed(device_name)[1])
     # The board's output, not just the framework's, names the cat.
     import tvm
     from tvm import relax

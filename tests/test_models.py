@@ -3,9 +3,9 @@ import onnx
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from pipeline.images import imagenet_input
-from pipeline.models import load_model
+from pipeline.base.errors import UserError
+from pipeline.frontend.images import imagenet_input
+from pipeline.frontend.models import load_model
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282
 

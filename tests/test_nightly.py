@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from pipeline import nightly
-from pipeline.artifact import pack
+from pipeline.artifact.store import pack
+from pipeline.artifact.tuning_logs import RECORDS
+from pipeline.job.nightly_job import tuning_curve_ms
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,20 +93,20 @@ def _screenshot(page: Path) -> None:
 
 
 def test_tuning_curve_is_the_running_sum_of_best_kernel_times(tmp_path):
-    records = tmp_path / "records.json"
+    records = tmp_path / RECORDS
     lines = [[0, [[], [0.004], None, None]], [1, [[], [0.002], None, None]],
              [0, [[], [0.001], None, None]], [1, [[], [1e10], None, None]]]
     records.write_text("".join(json.dumps(line) + "\n" for line in lines) + '[1, [[], [0.00')
-    assert nightly.tuning_curve_ms(records) == pytest.approx([4.0, 6.0, 3.0, 3.0])
+    assert tuning_curve_ms(tmp_path) == pytest.approx([4.0, 6.0, 3.0, 3.0])
 
 
 @pytest.mark.parametrize("entries, message", [
-    ([{"model": "tiny-cnn", "device": "host", "variant": "int4"}], "not supported"),
+    ([{"model": "tiny-cnn", "device": "host", "variant": "int4"}], "int4. is not one of"),
     ([{"model": "tiny-cnn"}], "must have model, device"),
     ([], "empty"),
 ])
 def test_matrix_mistakes_are_named(tmp_path, entries, message):
-    from pipeline.errors import UserError
+    from pipeline.base.errors import UserError
 
     with pytest.raises(UserError, match=message):
         nightly.load_matrix(_matrix(tmp_path / "m.yaml", entries))

@@ -4,16 +4,24 @@ accuracy gate, and a digits CNN trained here whose int8 artifact must stay withi
 import numpy as np
 import pytest
 
-from pipeline import build, calibration, int8
-from pipeline.artifact import CALIBRATION_NAME, read_manifest
-from pipeline.datasets import load_dataset
-from pipeline.devices import load_device
-from pipeline.errors import UserError
-from pipeline.flow import run_job
-from pipeline.importer import import_model
-from pipeline.models import load_model
-from pipeline.quantize import QuantizeOptions, quantize
-from pipeline.rebuild import rebuild
+from pipeline.artifact.manifest import CALIBRATION_NAME, read_manifest
+from pipeline.base.devices import load_device
+from pipeline.base.errors import UserError
+from pipeline.base.variant import Variant
+from pipeline.compile.build import build_library
+from pipeline.compile.lowering import lower
+from pipeline.frontend.importer import import_model
+from pipeline.frontend.models import load_model
+from pipeline.job.build_job import JobSpec, run_job
+from pipeline.job.rebuild_job import rebuild
+from pipeline.quantization.calibration import calibrate
+from pipeline.quantization.datasets import load_dataset
+from pipeline.quantization.graph import QUANTIZED_OPS, op_name
+from pipeline.quantization.observers import observer_for, relative_noise
+from pipeline.quantization.policy import VNNI, policy_for
+from pipeline.quantization.rewrite import apply_int8
+from pipeline.quantization.stage import QuantizeOptions, quantize
+from pipeline.quantization.weights import quantize_weight
 from tests import digits
 
 FAST = {"calibration_count": 8, "eval_count": 16}
@@ -31,17 +39,19 @@ def _eight_bit(operands: tuple[str, str]) -> bool:
 def test_int8_library_computes_every_conv_and_matmul_in_int8(tmp_path, tiny_model, tiny_imported,
                                                              host_device):
     quantized = quantize(tiny_imported, tiny_model, host_device,
-                         QuantizeOptions(mode="int8", **FAST))
+                         QuantizeOptions(variant=Variant.INT8, **FAST))
     assert quantized.quantization.int8_layers == 5
-    built = build.build_library(quantized.mod, host_device, None, tmp_path / "lib.so")
+    built = build_library(lower(quantized.mod, host_device.tvm_target()), host_device, None,
+                          tmp_path / "lib.so")
     # Five quantized layers, five kernels, each fed 8-bit data and int8 weights: no float
     # convolution or matmul is left in the module that code generation received.
     assert len(built.operands) == 5
     assert all(_eight_bit(ops) for ops in built.operands.values()), built.operands
-    # int8 only where the input may be negative and the kernel pads it (the image's 3x3
-    # convolution); uint8 elsewhere: ReLU6 outputs, and signed inputs of 1x1 convolutions and
-    # matmuls with zero point 128.
-    assert sorted(ops[0] for ops in built.operands.values()).count("uint8") == 4
+    # uint8 for ReLU6 outputs; on VNNI CPUs also for the signed inputs of 1x1 convolutions and
+    # matmuls (zero point 128), leaving int8 only where the input may be negative and the
+    # kernel pads it (the image's 3x3 convolution).
+    uint8 = sorted(ops[0] for ops in built.operands.values()).count("uint8")
+    assert uint8 == (4 if policy_for(host_device.tvm_target()) is VNNI else 3)
     # Requantization is fused: some int8 kernel ends in the next layer's round-and-cast.
     assert any("conv2d" in name and "round" in name for name in built.operands)
     report = quantized.accuracy
@@ -50,8 +60,10 @@ def test_int8_library_computes_every_conv_and_matmul_in_int8(tmp_path, tiny_mode
 
 def test_the_int8_check_sees_a_float_layer(tmp_path, tiny_model, tiny_imported, host_device):
     quantized = quantize(tiny_imported, tiny_model, host_device,
-                         QuantizeOptions(mode="int8", keep_float=frozenset({"conv2d_0"}), **FAST))
-    built = build.build_library(quantized.mod, host_device, None, tmp_path / "lib.so")
+                         QuantizeOptions(variant=Variant.INT8,
+                                         keep_float=frozenset({"conv2d_0"}), **FAST))
+    built = build_library(lower(quantized.mod, host_device.tvm_target()), host_device, None,
+                          tmp_path / "lib.so")
     floats = [name for name, ops in built.operands.items() if not _eight_bit(ops)]
     assert len(floats) == 1 and built.operands[floats[0]] == ("float32", "float32")
     assert quantized.quantization.float_layers == ("conv2d_0",)
@@ -62,11 +74,11 @@ def test_int8_weights_are_stored_as_int8(tiny_model, tiny_imported, host_device)
     from tvm.ir.expr import Constant
 
     quantized = quantize(tiny_imported, tiny_model, host_device,
-                         QuantizeOptions(mode="int8", **FAST))
+                         QuantizeOptions(variant=Variant.INT8, **FAST))
     weights = []
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and int8._op_name(expr) in int8.QUANTIZED_OPS:
+        if isinstance(expr, relax.Call) and op_name(expr) in QUANTIZED_OPS:
             weights.append(expr.args[1])
 
     relax.analysis.post_order_visit(quantized.mod["main"], visit)
@@ -77,7 +89,7 @@ def test_int8_weights_are_stored_as_int8(tiny_model, tiny_imported, host_device)
 def test_depthwise_filters_keep_their_sums_through_rounding():
     rng = np.random.default_rng(4)
     weight = (rng.standard_normal((64, 1, 5, 5)) + 0.2).astype("float32")
-    scale, quantized = int8._quantize_weight(weight, 0)
+    scale, quantized = quantize_weight(weight, 0)
     exact = (weight / scale).reshape(64, -1)
     integers = quantized.reshape(64, -1).astype(np.int64)
     plain = np.round(exact)
@@ -86,22 +98,23 @@ def test_depthwise_filters_keep_their_sums_through_rounding():
     assert np.abs(integers - exact).max() < 1 and np.abs(integers).max() == 127
     # Dense filters round to nearest, as before.
     dense = rng.standard_normal((8, 4, 3, 3)).astype("float32")
-    dense_scale, dense_q = int8._quantize_weight(dense, 0)
+    dense_scale, dense_q = quantize_weight(dense, 0)
     np.testing.assert_array_equal(dense_q, np.round(dense / dense_scale))
 
 
 def test_compensated_rounding_beats_nearest_on_the_model(tiny_model, tiny_imported):
     from dataclasses import replace
 
-    from pipeline.lowering import compile_for_host
+    from pipeline.compile.host import compile_for_host
 
     data = load_dataset("builtin", tiny_model.input_shape, 24, 0).inputs
-    plan = calibration.calibrate(tiny_imported.mod, data[:8], "percentile")
+    policy = policy_for(load_device("host").tvm_target())
+    plan = calibrate(tiny_imported.mod, data[:8], observer_for("percentile"))
     assert len(plan.rounding) == 5 and all(plan.rounding)  # every layer has a recorded rounding
     reference = np.concatenate([tiny_model.reference_output(x[None]) for x in data[8:]])
 
     def noise(chosen_plan) -> float:
-        run = compile_for_host(int8.apply_int8(tiny_imported.mod, chosen_plan))
+        run = compile_for_host(apply_int8(tiny_imported.mod, chosen_plan, policy))
         outputs = np.concatenate([run(x[None])[0] for x in data[8:]])
         return float(np.sum((outputs - reference) ** 2))
 
@@ -112,42 +125,46 @@ def test_compensated_rounding_beats_nearest_on_the_model(tiny_model, tiny_import
     assert compensated < 0.9 * nearest, (compensated, nearest)
 
 
+def _threshold(values: np.ndarray, top: float, method: str) -> float:
+    return observer_for(method, 99.99).tensor_range(values, top, 127).threshold
+
+
 def test_calibration_methods_choose_different_ranges():
     rng = np.random.default_rng(0)
     heavy = np.abs(rng.standard_t(2, 200_000)).astype("float32")  # long tail
     relu = np.concatenate([heavy, np.zeros(200_000, "float32")])  # half exact zeros
     top = float(heavy.max())
-    assert calibration._threshold(heavy, top, "minmax", 99.99, 127) == top
-    percentile = calibration._threshold(heavy, top, "percentile", 99.99, 127)
+    assert _threshold(heavy, top, "minmax") == top
+    percentile = _threshold(heavy, top, "percentile")
     assert percentile == pytest.approx(np.percentile(heavy, 99.99))
-    entropy = calibration._threshold(heavy, top, "entropy", 99.99, 127)
+    entropy = _threshold(heavy, top, "entropy")
     assert 0 < entropy < top
     # Exact zeros quantize exactly at any threshold: they must not pull the KL threshold down.
-    relu_entropy = calibration._threshold(relu, top, "entropy", 99.99, 127)
+    relu_entropy = _threshold(relu, top, "entropy")
     assert relu_entropy == pytest.approx(entropy, rel=0.05)
     # The least error power clips the long tail, but not a bounded uniform range.
-    mse = calibration._threshold(heavy, top, "mse", 99.99, 127)
+    mse = _threshold(heavy, top, "mse")
     assert 0 < mse < 0.75 * top
-    clipped = calibration._relative_noise(heavy, mse, 127)
-    assert clipped < calibration._relative_noise(heavy, percentile, 127)
+    clipped = relative_noise(heavy, mse, 127)
+    assert clipped < relative_noise(heavy, percentile, 127)
     uniform = rng.uniform(0, 6, 100_000).astype("float32")
-    assert calibration._threshold(uniform, float(uniform.max()), "mse", 99.99, 127) \
+    assert _threshold(uniform, float(uniform.max()), "mse") \
         == pytest.approx(float(uniform.max()), rel=0.02)
 
 
 def test_the_accuracy_gate_refuses_and_force_records_it(tiny_model, tiny_imported, host_device):
     # The entropy method clips tiny-cnn's seeded activations hard: a real, reproducible drop.
-    options = QuantizeOptions(mode="int8", method="entropy", fallback_limit=0, **FAST)
+    options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=0, **FAST)
     with pytest.raises(UserError, match="Not packaged.*--force"):
         quantize(tiny_imported, tiny_model, host_device, options)
     forced = quantize(tiny_imported, tiny_model, host_device,
-                      QuantizeOptions(mode="int8", method="entropy", fallback_limit=0,
+                      QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=0,
                                       force=True, **FAST))
     assert forced.accuracy.forced and forced.accuracy.drop_points > 1.0
 
 
 def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, host_device):
-    options = QuantizeOptions(mode="int8", method="entropy", fallback_limit=5, **FAST)
+    options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=5, **FAST)
     quantized = quantize(tiny_imported, tiny_model, host_device, options)
     assert quantized.quantization.fallback_layers
     assert set(quantized.quantization.fallback_layers) <= set(quantized.quantization.float_layers)
@@ -156,7 +173,8 @@ def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, hos
 
 def test_fp16_is_refused_where_the_cpu_has_none(tiny_model, tiny_imported):
     with pytest.raises(UserError, match="arm-a53.*no fp16 arithmetic"):
-        quantize(tiny_imported, tiny_model, load_device("arm-a53"), QuantizeOptions(mode="fp16"))
+        quantize(tiny_imported, tiny_model, load_device("arm-a53"),
+                 QuantizeOptions(variant=Variant.FP16))
 
 
 def test_calibration_data_sources_and_their_errors(tmp_path):
@@ -183,13 +201,13 @@ def test_calibration_data_sources_and_their_errors(tmp_path):
 def test_digits_cnn_int8_artifact_within_one_point(tmp_path, host_device, host_farm):
     calibration, heldout = digits.write_data(tmp_path / "data")
     model = load_model("tests.digits:digits_cnn", (1, 1, 8, 8))
-    options = QuantizeOptions(mode="int8", calibration=str(calibration), eval_data=str(heldout),
-                              eval_count=1000)
-    result = run_job(host_device, model, 0, host_farm, tmp_path / "artifact", tmp_path / "logs",
-                     options=options)
+    options = QuantizeOptions(variant=Variant.INT8, calibration=str(calibration),
+                              eval_data=str(heldout), eval_count=1000)
+    result = run_job(JobSpec(host_device, model, 0, host_farm, tmp_path / "artifact",
+                             tmp_path / "logs", options=options))
     manifest = read_manifest(result.artifact)
     report = manifest.accuracy
-    assert manifest.variant == "int8" and report.eval_data.count == 540
+    assert manifest.variant is Variant.INT8 and report.eval_data.count == 540
     assert report.reference_accuracy > 0.95
     assert report.accuracy >= report.reference_accuracy - 0.01, report
     assert manifest.quantization.calibration.sha256 == load_dataset(

@@ -9,10 +9,11 @@ import subprocess
 import pytest
 import yaml
 
-from pipeline.artifact import LIB_NAME, read_manifest
-from pipeline.devices import CONFIG_DIR, load_device
-from pipeline.flow import run_job
-from pipeline.quantize import QuantizeOptions
+from pipeline.artifact.manifest import LIB_NAME, read_manifest
+from pipeline.base.devices import CONFIG_DIR, load_device
+from pipeline.base.variant import Variant
+from pipeline.job.build_job import JobSpec, run_job
+from pipeline.quantization.stage import QuantizeOptions
 
 pytestmark = pytest.mark.slow
 FAST = {"calibration_count": 8, "eval_count": 16}
@@ -35,11 +36,11 @@ def _device(tmp_path, name: str, **changes):
 
 def test_arm_a53_int8_artifact_runs_on_an_emulated_board(tmp_path, tiny_model):
     device = _device(tmp_path, "arm-a53", tuning={"trials": 8, "trials_per_task": 8})
-    result = run_job(device, tiny_model, 8, None, tmp_path / "artifact", tmp_path / "logs",
-                     options=QuantizeOptions(mode="int8", **FAST))
+    result = run_job(JobSpec(device, tiny_model, 8, None, tmp_path / "artifact", tmp_path / "logs",
+                     options=QuantizeOptions(variant=Variant.INT8, **FAST)))
     manifest = read_manifest(result.artifact)
     check = manifest.verification
-    assert manifest.variant == "int8" and manifest.quantization.int8_layers == 5
+    assert manifest.variant is Variant.INT8 and manifest.quantization.int8_layers == 5
     assert check.emulated and check.latency_ms_median is None
     assert check.max_abs_error < 0.02 * 10 and check.top1_matches_framework
     assert manifest.tuning.trials >= 8
@@ -56,10 +57,10 @@ def test_fp16_artifact_on_an_emulated_cortex_a76_board(tmp_path, tiny_model):
                              "mcpu": "cortex-a76", "mattr": ["+neon", "+fullfp16"]},
                      rpc_key="arm-a76", emulated_cpu="cortex-a76",
                      capabilities=["fp16", "int8", "neon", "dotprod"])
-    result = run_job(device, tiny_model, 0, None, tmp_path / "artifact", tmp_path / "logs",
-                     options=QuantizeOptions(mode="fp16", **FAST))
+    result = run_job(JobSpec(device, tiny_model, 0, None, tmp_path / "artifact", tmp_path / "logs",
+                     options=QuantizeOptions(variant=Variant.FP16, **FAST)))
     manifest = read_manifest(result.artifact)
-    assert manifest.variant == "fp16" and manifest.verification.emulated
+    assert manifest.variant is Variant.FP16 and manifest.verification.emulated
     assert manifest.accuracy.top1_agreement >= 0.9 and manifest.accuracy.sqnr_db > 30
     # Half-precision vector arithmetic (fmla/fmul/fadd on .8h or .4h lanes).
     assert re.search(r"\bf(mla|mul|add)\s+v\d+\.[48]h", _disassembly(result.artifact / LIB_NAME))

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import rounding
-from pipeline.rounding import Geometry
+from pipeline.quantization import rounding
+from pipeline.quantization.rounding import Geometry
 
 
 def _unfold_moment(x: np.ndarray, geometry: Geometry, channels: int) -> np.ndarray:

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from pipeline.errors import UserError
-from rpc import ssh
+from pipeline.base.errors import UserError
+from pipeline.farm import ssh
 
 
 def test_unknown_host_key_is_refused_by_default(sshd, tmp_path):
@@ -54,7 +54,7 @@ def test_push_hash_and_detached_process_lifecycle(sshd, tmp_path):
 def test_unreachable_board_names_the_command_to_check(sshd, tmp_path):
     from dataclasses import replace
 
-    from rpc.tracker import free_port
+    from pipeline.farm.tracker import free_port
 
     access = replace(sshd.access(sshd.known_hosts(tmp_path / "kh")), port=free_port())
     with pytest.raises(UserError, match=f"Cannot reach .*ssh -p {access.port}"):

@@ -6,14 +6,22 @@ import logging
 import numpy as np
 import pytest
 
-from pipeline import logs
-from pipeline.artifact import LIB_NAME, check_hashes, read_manifest
-from pipeline.errors import UserError
-from pipeline.flow import run_job
-from pipeline.importer import import_model
-from pipeline.lowering import lower
-from pipeline.rebuild import rebuild
-from pipeline.tuning import tune
+from pipeline.artifact.manifest import LIB_NAME, check_hashes, read_manifest
+from pipeline.artifact.tuning_logs import (
+    RECORDS,
+    WORKLOADS,
+    check_target,
+    count_records,
+    log_dir,
+    repair,
+)
+from pipeline.base.errors import UserError
+from pipeline.base.variant import ArtifactKey, Variant
+from pipeline.compile.lowering import lower
+from pipeline.compile.tuning import tune
+from pipeline.frontend.importer import import_model
+from pipeline.job.build_job import JobSpec, run_job
+from pipeline.job.rebuild_job import rebuild
 
 TRIALS = 16
 
@@ -41,7 +49,7 @@ def tuned(tmp_path_factory, host_device, tiny_model, host_farm):
     metaschedule.addHandler(foreign)
     metaschedule.setLevel(logging.INFO)
     try:
-        result = run_job(host_device, tiny_model, TRIALS, host_farm, out, root)
+        result = run_job(JobSpec(host_device, tiny_model, TRIALS, host_farm, out, root))
     finally:
         metaschedule.removeHandler(foreign)
         metaschedule.setLevel(level)
@@ -58,12 +66,12 @@ def test_tuning_leaves_a_foreign_handler_in_place_and_feeds_it(tuned):
 
 def test_tuning_writes_measured_records_for_the_host_target(tuned, host_device, tiny_model):
     root = tuned[0]
-    folder = logs.log_dir("host", tiny_model.name, "fp32", root)
-    records = [json.loads(line) for line in (folder / logs.RECORDS).read_text().splitlines()]
+    folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), root)
+    records = [json.loads(line) for line in (folder / RECORDS).read_text().splitlines()]
     assert len(records) >= TRIALS
     run_secs = [r[1][1] for r in records if r[1][1] and r[1][1][0] < 1e9]
     assert run_secs and all(0 < s[0] < 1 for s in run_secs)
-    logs.check_target(folder, host_device.target, "host")  # does not raise
+    check_target(folder, host_device.target, "host")  # does not raise
 
 
 def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
@@ -77,20 +85,21 @@ def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
     assert check.board == "host-1" and not check.emulated  # the embedded farm's board
     assert check.max_abs_error < 1e-4 and check.top1_matches_framework
     assert 0 < check.latency_ms_median < 50
-    assert (out / "tuning_logs" / logs.RECORDS).read_bytes() == (
-        logs.log_dir("host", tiny_model.name, "fp32", tuned[0]) / logs.RECORDS).read_bytes()
+    folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), tuned[0])
+    assert (out / "tuning_logs" / RECORDS).read_bytes() == (folder / RECORDS).read_bytes()
     assert manifest.toolchain["apache-tvm"].startswith("0.27")
 
 
-def test_rerun_with_met_budget_tunes_nothing(tuned, host_device, tiny_model, host_farm, capsys):
+def test_rerun_with_met_budget_tunes_nothing(tuned, host_device, tiny_model, host_farm, caplog):
     root = tuned[0]
-    folder = logs.log_dir("host", tiny_model.name, "fp32", root)
-    before = (folder / logs.RECORDS).read_bytes()
+    folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), root)
+    before = (folder / RECORDS).read_bytes()
     lowered = lower(import_model(tiny_model).mod, host_device.tvm_target())
+    caplog.set_level(logging.INFO, logger="pipeline")
     result = tune(lowered, host_device, folder, TRIALS, host_farm)
     assert result.trials_before == result.trials_after >= TRIALS
-    assert (folder / logs.RECORDS).read_bytes() == before
-    assert "budget met" in capsys.readouterr().err
+    assert (folder / RECORDS).read_bytes() == before
+    assert "budget met" in caplog.text
 
 
 def test_rebuild_is_byte_identical(tuned):
@@ -106,20 +115,20 @@ def test_rebuild_names_a_tampered_tuning_log(tuned, tmp_path):
     out = tuned[1]
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    records = copy / "tuning_logs" / logs.RECORDS
+    records = copy / "tuning_logs" / RECORDS
     records.write_text(records.read_text().replace("0.", "1.", 1))
     with pytest.raises(UserError, match="tuning_logs/database_tuning_record.json"):
         rebuild(copy)
 
 
 def test_logs_for_another_target_are_refused(tuned, tiny_model):
-    from pipeline.devices import load_device
+    from pipeline.base.devices import load_device
 
     root = tuned[0]
-    folder = logs.log_dir("host", tiny_model.name, "fp32", root)
+    folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), root)
     nuc = load_device("x86-nuc")
     with pytest.raises(UserError, match="tuned for another target"):
-        logs.check_target(folder, nuc.target, "x86-nuc")
+        check_target(folder, nuc.target, "x86-nuc")
 
 
 def test_truncated_last_record_is_moved_aside_and_the_rest_loads(tuned, tmp_path):
@@ -128,15 +137,15 @@ def test_truncated_last_record_is_moved_aside_and_the_rest_loads(tuned, tmp_path
     root = tuned[0]
     folder = tmp_path / "logs"
     shutil.copytree(next(root.glob("host/*")), folder)
-    lines = (folder / logs.RECORDS).read_text().splitlines()
-    (folder / logs.RECORDS).write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])
-    report = logs.repair(folder)
-    assert len(report.dropped) == 1 and f"{logs.RECORDS}:{len(lines) + 1}" in report.dropped[0]
-    assert logs.count_records(folder) == len(lines)
+    lines = (folder / RECORDS).read_text().splitlines()
+    (folder / RECORDS).write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    report = repair(folder)
+    assert len(report.dropped) == 1 and f"{RECORDS}:{len(lines) + 1}" in report.dropped[0]
+    assert count_records(folder) == len(lines)
     from tvm.s_tir import meta_schedule as ms
 
-    database = ms.database.JSONDatabase(path_workload=str(folder / logs.WORKLOADS),
-                                        path_tuning_record=str(folder / logs.RECORDS))
+    database = ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
+                                        path_tuning_record=str(folder / RECORDS))
     assert len(database) == len(lines)
 
 
@@ -154,14 +163,14 @@ def test_library_runs_locally_like_on_the_board(tuned, tiny_model):
 def test_rebuild_names_changed_model_weights(host_device, host_farm, tmp_path):
     import torch
 
-    from pipeline.models import load_model
+    from pipeline.frontend.models import load_model
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(4 * 6 * 6, 5)).eval()
     path = tmp_path / "net.onnx"
     torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
-    result = run_job(host_device, load_model(str(path)), 0, host_farm, tmp_path / "art",
-                     tmp_path / "logs")
+    result = run_job(JobSpec(host_device, load_model(str(path)), 0, host_farm, tmp_path / "art",
+                     tmp_path / "logs"))
     assert rebuild(result.artifact).identical
 
     with torch.no_grad():

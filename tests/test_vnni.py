@@ -6,16 +6,22 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline import int8, vnni
-from pipeline.flow import run_job
-from pipeline.lowering import compile_for_host
-from pipeline.quantize import QuantizeOptions
+from pipeline.base.variant import Variant
+from pipeline.compile.host import compile_for_host
+from pipeline.compile.x86.intrinsic import has_vnni
+from pipeline.compile.x86.packing import pack_weights
+from pipeline.job.build_job import JobSpec, run_job
+from pipeline.quantization.plan import Int8Plan, Layer, TensorRange
+from pipeline.quantization.policy import VNNI
+from pipeline.quantization.rewrite import apply_int8
+from pipeline.quantization.stage import QuantizeOptions
+from pipeline.quantization.weights import quantize_weight
 
 
 def test_packed_weights_hold_16_outputs_by_4_inputs_contiguous():
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, (8, 24), dtype=np.int8)  # K=8 inputs, N=24 outputs
-    packed = vnni.pack_weights(weight)
+    packed = pack_weights(weight)
     assert packed.shape == (2, 2, 16, 4) and packed.flags.c_contiguous
     for k in range(8):
         for n in range(24):
@@ -27,9 +33,9 @@ def test_host_target_is_tensorized_where_the_cpu_has_vnni(host_device):
     import tvm
 
     # These machines have AVX-512 VNNI; x86-64-v3 (the NUC class) does not.
-    assert vnni.has_vnni(host_device.tvm_target())
+    assert has_vnni(host_device.tvm_target())
     nuc = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"})
-    assert not vnni.has_vnni(nuc)
+    assert not has_vnni(nuc)
 
 
 def _one_layer(op: str, channels: int = 12):
@@ -60,10 +66,10 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
     mod, weight, shape = _one_layer(op)
     x = np.random.default_rng(2).standard_normal([int(d) for d in shape]).astype("float32")
     threshold = 2.5
-    plan = int8.Int8Plan(layers=(int8.Layer(f"{op}_0", 0, unsigned=False),),
-                         ranges=(int8.TensorRange(float(np.abs(x).max()), threshold, 0.0),),
+    plan = Int8Plan(layers=(Layer(f"{op}_0", 0, unsigned=False),),
+                         ranges=(TensorRange(float(np.abs(x).max()), threshold, 0.0),),
                          method="minmax")
-    quantized = int8.apply_int8(mod, plan)
+    quantized = apply_int8(mod, plan, VNNI)
     text = quantized.script()
     assert '"uint8"' in text  # the offset form, not plain int8
     got = compile_for_host(quantized)(x)[0]
@@ -71,7 +77,7 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
     x_scale = np.float32(threshold / 127)
     q = np.clip(np.round(x * (np.float32(1) / x_scale)), -127, 127).astype(np.int64)
     axis = 0 if op == "conv2d" else 1
-    w_scale, w_int8 = int8._quantize_weight(weight, axis)
+    w_scale, w_int8 = quantize_weight(weight, axis)
     if op == "conv2d":
         acc = np.einsum("nchw,oc->nohw", q, w_int8[:, :, 0, 0].astype(np.int64))
         scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
@@ -88,8 +94,8 @@ def test_depthwise_int8_sum_in_float32_lanes_is_exact():
     import tvm
     from tvm import relax
 
-    from pipeline.devices import detect_host_target
-    from pipeline.lowering import lower
+    from pipeline.base.devices import detect_host_target
+    from pipeline.compile.lowering import lower
 
     rng = np.random.default_rng(3)
     channels, size = 24, 9
@@ -124,10 +130,10 @@ def test_depthwise_int8_sum_in_float32_lanes_is_exact():
 def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, host_device,
                                                         host_farm):
     """A short tuning run: its int8 kernels tensorize with our intrinsic, build, and verify."""
-    options = QuantizeOptions(mode="int8", calibration_count=8, eval_count=16,
+    options = QuantizeOptions(variant=Variant.INT8, calibration_count=8, eval_count=16,
                               max_drop_points=20.0)
-    result = run_job(host_device, tiny_model, 40, host_farm, tmp_path / "artifact",
-                     tmp_path / "logs", options=options)
+    result = run_job(JobSpec(host_device, tiny_model, 40, host_farm, tmp_path / "artifact",
+                     tmp_path / "logs", options=options))
     assert result.manifest.verification.top1_matches_framework
     disassembly = subprocess.run(["objdump", "-d", str(result.artifact / "lib.so")],
                                  capture_output=True, text=True, check=True).stdout

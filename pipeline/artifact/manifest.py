@@ -1,0 +1,204 @@
+"""The artifact: lib.so + manifest.json + the tuning logs it was built from, in one folder.
+
+One manifest schema, versioned, typed: `Manifest.from_dict` refuses unknown or missing keys and
+other schema versions, so a reader never guesses. Folders are written to a temporary sibling
+and renamed into place: an artifact is either complete or absent."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.base.errors import UserError
+from pipeline.base.files import sha256_file
+from pipeline.base.variant import Variant
+
+SCHEMA = "edge-tvm-pipeline/artifact"
+
+
+SCHEMA_VERSION = 2  # 2: quantization and accuracy sections
+
+
+LIB_NAME = "lib.so"
+
+
+MANIFEST_NAME = "manifest.json"
+
+
+LOGS_DIRNAME = "tuning_logs"
+
+
+CALIBRATION_NAME = "calibration.json"  # int8: the activation ranges the build applied
+
+
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str  # zoo | onnx | torch
+    spec: str
+    sha256: str
+    input: TensorSpec
+    output: TensorSpec
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    target: dict[str, Any]
+    rpc_key: str
+    config_sha256: str
+
+
+@dataclass(frozen=True)
+class TuningInfo:
+    trials: int
+    tuned_kernels: int
+    total_kernels: int
+    log_sha256: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Verification:
+    board: str  # the board that ran it: its farm name, or its RPC key for other servers
+    emulated: bool
+    max_abs_error: float
+    top1_matches_framework: bool
+    latency_ms_median: float | None  # None on emulated boards: their timings mean nothing
+    latency_ms_p90: float | None
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    spec: str  # builtin, a folder, or a .npy/.npz file, as given
+    count: int
+    sha256: str  # of the samples exactly as used
+
+
+@dataclass(frozen=True)
+class Quantization:
+    mode: str  # int8 | fp16
+    int8_layers: int  # convolutions and matmuls computing in int8 (0 for fp16)
+    float_layers: tuple[str, ...] = ()  # quantizable layers left in float, asked or by fallback
+    fallback_layers: tuple[str, ...] = ()  # of those, the ones the accuracy fallback chose
+    method: str | None = None  # minmax | percentile | entropy | mse (int8)
+    percentile: float | None = None
+    calibration: DataInfo | None = None
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """The quantized model against the fp32 one on `eval_data` (the fp32 model is the
+    framework's own: PyTorch or ONNX Runtime)."""
+
+    eval_data: DataInfo
+    top1_agreement: float  # fraction of inputs whose top-1 class is the fp32 model's
+    top5_overlap: float | None  # mean fraction of the fp32 top-5 in the quantized top-5
+    sqnr_db: float  # fp32 output power over the power of the difference, in dB
+    accuracy: float | None  # top-1 accuracy against the labels, where the data has them
+    reference_accuracy: float | None  # the fp32 model's, on the same data
+    drop_points: float  # accuracy lost in points (labels), else top-1 disagreement in points
+    max_drop_points: float  # the threshold packaging enforced
+    forced: bool  # packaged with --force although drop_points > max_drop_points
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    device: DeviceInfo
+    variant: Variant
+    toolchain: dict[str, str]  # package -> version, plus the linker's version line
+    tuning: TuningInfo
+    files: dict[str, str]  # relative path -> sha256, lib and bundled logs
+    verification: Verification | None = None
+    quantization: Quantization | None = None
+    accuracy: Accuracy | None = None
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True,
+                          default=lambda value: value.value) + "\n"  # enums by their names
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any], where: str = "manifest") -> Manifest:
+        if raw.get("schema") != SCHEMA or raw.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"{where}: schema {raw.get('schema')} v{raw.get('schema_version')} is "
+                            f"not {SCHEMA} v{SCHEMA_VERSION}; rebuild the artifact with this "
+                            f"version of the pipeline.")
+        return _build(Manifest, raw, where)
+
+
+_NESTED = {"model": ModelInfo, "device": DeviceInfo, "tuning": TuningInfo,
+           "verification": Verification, "input": TensorSpec, "output": TensorSpec,
+           "quantization": Quantization, "accuracy": Accuracy, "calibration": DataInfo,
+           "eval_data": DataInfo}
+
+
+_TUPLES = frozenset({"shape", "float_layers", "fallback_layers"})
+
+
+def _build(cls, raw: dict[str, Any], where: str):
+    names = {f.name for f in fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise UserError(f"{where}: unknown keys {sorted(unknown)} in {cls.__name__}.")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise UserError(f"{where}: missing key '{f.name}' in {cls.__name__}.")
+            continue
+        value = raw[f.name]
+        if f.name in _NESTED and isinstance(value, dict):
+            value = _build(_NESTED[f.name], value, where)
+        elif f.name == "variant":
+            value = Variant.parse(str(value), f"{where}: variant")
+        elif f.name in _TUPLES and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise UserError(f"{where}: {cls.__name__} is incomplete ({err}).") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"{folder} is not an artifact: it has no {MANIFEST_NAME}.")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); the artifact is damaged.") from None
+    return Manifest.from_dict(raw, str(path))
+
+
+def check_hashes(folder: Path, manifest: Manifest) -> list[str]:
+    """The files whose content differs from the manifest's hashes (missing ones included)."""
+    bad = []
+    for rel, expected in sorted(manifest.files.items()):
+        path = folder / rel
+        if not path.is_file() or sha256_file(path) != expected:
+            bad.append(rel)
+    return bad
+
+
+def read_intact(folder: Path) -> Manifest:
+    """The manifest of an artifact whose files all match it; an error names those that do not."""
+    manifest = read_manifest(folder)
+    damaged = check_hashes(folder, manifest)
+    if damaged:
+        raise UserError(f"{folder}: {', '.join(damaged)} differ from the manifest's hashes: the "
+                        f"artifact was modified or truncated. Rebuild it from its logs.")
+    return manifest

@@ -1,0 +1,163 @@
+"""Tuning logs: MetaSchedule's JSON database (two append-only JSON-lines files) in one folder.
+
+A folder per device class and model variant: tuning_logs/<device>/<model>-<variant>/. Records
+are appended as they are measured, so a crash loses at most the line being written; `repair`
+moves such a truncated or corrupt line aside before MetaSchedule (which would refuse the whole
+file) reads it. Every record names the target it was tuned for: `check_target` refuses logs of
+another target, which the database itself would happily apply."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.base.devices import TARGET_KEYS, DeviceConfig, runs_target
+from pipeline.base.errors import UserError
+from pipeline.base.files import atomic_write, sha256_file
+from pipeline.base.paths import TUNING_LOGS
+from pipeline.base.variant import ArtifactKey
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+LOG_FILES = (WORKLOADS, RECORDS)
+
+
+def log_dir(key: ArtifactKey, root: Path = TUNING_LOGS) -> Path:
+    return key.under(root)
+
+
+def open_database(folder: Path):
+    """The folder's records as MetaSchedule's JSON database, what tuning appends to and a build
+    applies (its files are created if missing; `repair` first if a crash may have cut a line
+    short). Loading parses every workload's TIR and replays no schedule, but needs the tensor
+    intrinsics the records name registered (pipeline.compile.extensions)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
+                                        path_tuning_record=str(folder / RECORDS))
+    except RuntimeError as err:  # TVM's own check of a record against the workloads
+        raise UserError(f"The tuning logs in {folder} cannot be loaded by MetaSchedule "
+                        f"({str(err).splitlines()[-1][:300]}). Move that folder aside and tune "
+                        f"again, or restore it from version control.") from None
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    dropped: tuple[str, ...]  # "file:line: why" for each line moved aside
+
+
+def repair(folder: Path) -> RepairReport:
+    """Move unparsable lines of both files to *.rejected so the rest still loads."""
+    dropped: list[str] = []
+    for name in LOG_FILES:
+        path = folder / name
+        if not path.exists():
+            continue
+        good, bad = [], []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+                good.append(line)
+            except json.JSONDecodeError as err:
+                bad.append(line)
+                dropped.append(f"{path}:{number}: {err.msg}")
+        if bad:
+            with open(folder / (name + ".rejected"), "a") as rejected:
+                rejected.write("\n".join(bad) + "\n")
+            atomic_write(path, "".join(line + "\n" for line in good))
+    return RepairReport(tuple(dropped))
+
+
+def snapshot(folder: Path, dest: Path) -> RepairReport:
+    """Copy the logs as they are now (a tuner may still be appending) and set aside any line
+    cut short, so that what is built and what is bundled are the very same records."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in LOG_FILES:
+        source = folder / name
+        (dest / name).write_bytes(source.read_bytes() if source.exists() else b"")
+    return repair(dest)
+
+
+def count_records(folder: Path) -> int:
+    path = folder / RECORDS
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def _record_lines(folder: Path):
+    """(workload index, run seconds, target) of each record, in the order measured.
+
+    The one place that reads MetaSchedule's on-disk tuple (`[workload, [trace, run_secs,
+    target, args]]`) instead of its Database API: the database returns records sorted by
+    speed, not in the order measured, and loading it parses every workload's TIR (~10 s for
+    EfficientNet-Lite0's logs), too slow for the questions asked here."""
+    path = folder / RECORDS
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            workload, (_, run_secs, target, *_rest) = json.loads(line)
+            yield int(workload), [float(s) for s in run_secs or ()], target
+        except (ValueError, TypeError):
+            continue  # `repair` names such lines; here they count for nothing
+
+
+def record_targets(folder: Path) -> set[str]:
+    """The distinct targets (canonical JSON) that the folder's records were tuned for."""
+    import tvm
+
+    written = {json.dumps(target, sort_keys=True) for _, _, target in _record_lines(folder)}
+    return {_canonical(tvm.target.Target(json.loads(text))) for text in written}
+
+
+def measured_in_order(folder: Path) -> list[tuple[int, float | None]]:
+    """(workload index, mean seconds, None if it failed) for each record in the order it was
+    measured: what a tuning curve plots."""
+    return [(workload, sum(secs) / len(secs) if secs and sum(secs) / len(secs) < 1e9 else None)
+            for workload, secs, _ in _record_lines(folder)]
+
+
+def check_target(folder: Path, target: dict, device: str) -> None:
+    """Refuse logs tuned for a target other than the device class's."""
+    import tvm
+
+    wanted = _canonical(tvm.target.Target(dict(target)))
+    others = record_targets(folder) - {wanted}
+    if others:
+        example = json.loads(sorted(others)[0])
+        keys = ("mtriple", "mcpu", "mattr", "num-cores")
+        brief = {k: example.get(k) for k in keys if k in example}
+        raise UserError(
+            f"The tuning logs in {folder} were tuned for another target ({brief}) than device "
+            f"'{device}' ({ {k: target.get(k) for k in brief} }). Applying them would build "
+            f"kernels for the wrong CPU. Move that folder aside to tune afresh, or pick the "
+            f"device class those logs belong to.")
+
+
+def buildable_device(device: DeviceConfig, folder: Path) -> DeviceConfig:
+    """`device` as the logs in `folder` can build it. A detected `host` whose logs were tuned
+    on another CPU model takes that model's target when this CPU executes every instruction of
+    it: committed logs then build on every machine that can run what they produce, instead of
+    only on the CPU that tuned them. Anything else is returned as it is (and `check_target`
+    refuses logs of another target)."""
+    import tvm
+
+    targets = record_targets(folder) if device.detected else set()
+    if len(targets) != 1:
+        return device
+    logged = {k: v for k, v in json.loads(next(iter(targets))).items() if k in TARGET_KEYS}
+    if _canonical(tvm.target.Target(logged)) == _canonical(tvm.target.Target(device.target)):
+        return device
+    return device.with_target(logged) if runs_target(logged) else device
+
+
+def _canonical(target) -> str:
+    return json.dumps(json.loads(str(target)), sort_keys=True)
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {name: sha256_file(folder / name) for name in LOG_FILES if (folder / name).exists()}

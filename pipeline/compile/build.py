@@ -1,0 +1,90 @@
+"""The build stage: apply the tuning logs to the lowered model, compile it for the device class,
+export one shared library.
+
+The same logs, model, TVM and compiler give a byte-identical library: the manifest records its
+hash and `python -m pipeline.rebuild` checks it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.artifact.tuning_logs import check_target, count_records, open_database
+from pipeline.base.devices import DeviceConfig
+from pipeline.compile.lowering import apply_database
+
+
+@dataclass(frozen=True)
+class BuiltLibrary:
+    path: Path
+    tuned_kernels: int  # kernels that came from the logs
+    total_kernels: int
+    # conv2d/matmul kernels -> the dtypes of their data and weight operands, read off the
+    # module handed to code generation: proof of what the library computes in
+    operands: dict[str, tuple[str, str]]
+
+
+def build_library(lowered, device: DeviceConfig, log_folder: Path | None,
+                  out_path: Path) -> BuiltLibrary:
+    """Compile `lowered` (`pipeline.compile.lowering.lower` of the model for `device`) with the
+    tuning logs in `log_folder` (if any) applied, into the shared library `out_path`. The logs
+    are read as they are: the caller hands a snapshot that nothing appends to."""
+    import tvm
+
+    target = device.tvm_target()
+    total = len(_called_kernels(lowered))
+    if log_folder is not None and count_records(log_folder) > 0:
+        check_target(log_folder, device.target, device.name)
+        applied = apply_database(lowered, target, open_database(log_folder))
+    else:
+        applied = lowered
+    called = _called_kernels(applied)
+    tuned = sum(1 for func in called if func.attrs and func.attrs.get("tirx.is_scheduled", False))
+    operands = matmul_operands(applied)
+    executable = tvm.compile(applied, target=target)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _export(executable, out_path, device.compiler())
+    return BuiltLibrary(out_path, tuned, total, operands)
+
+
+def matmul_operands(mod) -> dict[str, tuple[str, str]]:
+    """For each convolution or matmul kernel `main` calls: the dtypes of the data and weights
+    it is called with. Fused kernels are named after the Relax ops they hold."""
+    import tvm
+    from tvm import relax
+
+    found: dict[str, tuple[str, str]] = {}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            name = expr.args[0].name_hint
+            if "conv2d" in name or "matmul" in name:
+                found[name] = tuple(str(arg.ty.dtype) for arg in list(expr.args[1].fields)[:2])
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found
+
+
+def _called_kernels(mod) -> list:
+    """The TIR kernels that `main` calls (helpers such as weight re-tiling are folded away)."""
+    import tvm
+    from tvm import relax
+
+    names: set[str] = set()
+    relax.analysis.post_order_visit(mod["main"], lambda e: names.add(e.args[0].name_hint)
+                                    if isinstance(e, relax.Call) and e.op.same_as(
+                                        tvm.ir.Op.get("relax.call_tir")) else None)
+    return [mod[name] for name in sorted(names)]
+
+
+def _export(executable, out_path: Path, compiler: str) -> None:
+    """Link to a temporary name in the same folder, then rename: never a half-written library.
+
+    Linked with `-s`: LLVM's debug sections are ~15% of an int8 library and nothing on a board
+    reads them; the runtime finds its entry points in the dynamic symbol table, which stays."""
+    from tvm.support import cc
+
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    executable.export_library(str(tmp), fcompile=cc.create_shared, cc=compiler, options=["-s"])
+    tmp.replace(out_path)

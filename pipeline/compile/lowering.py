@@ -1,0 +1,48 @@
+"""The target-level lowering shared by tuning and building.
+
+Tuning records are keyed by the exact TIR of each fused kernel, so `pipeline.tune` and
+`pipeline.build` must lower through the very same passes or the records will not apply."""
+
+from __future__ import annotations
+
+from pipeline.compile.extensions import extensions_for
+
+# NHWC activations with HWIO weights: the channel axis is innermost, so depthwise and 1x1
+# convolutions (most of a mobile net) vectorize over channels instead of over small 7x7 planes.
+CPU_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+
+
+def lower(mod, target):
+    """Relax with high-level ops -> Relax calling fused TIR kernels (what MetaSchedule tunes).
+
+    Weights are marked layout-free so that tuned kernels may ask for their weights pre-tiled
+    (MetaSchedule's RewriteLayout); `apply_database` then folds that re-tiling into the
+    constants at build time, so it costs nothing at run time.
+    """
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.ConvertLayout(CPU_LAYOUTS),
+            relax.transform.FoldConstant(),
+            *extensions_for(target).relax_passes(),
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+            relax.transform.AttachAttrLayoutFreeBuffers(),
+        ])(mod)
+
+
+def apply_database(lowered_mod, target, database):
+    """Swap in the tuned kernels, then fold their weight re-tiling into the constants."""
+    import tvm
+    from tvm import relax
+
+    extensions_for(target).register_intrinsics()  # the records replay schedules that name them
+    with target, database:
+        return tvm.transform.Sequential([
+            relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
+            relax.transform.SplitLayoutRewritePreproc(),
+            relax.transform.FoldConstant(),
+        ])(lowered_mod)

@@ -1,0 +1,216 @@
+"""MetaSchedule over RPC: tasks, builder and runner for a device class, progress, resume.
+
+Tuning is slow on small machines, so: records already in the logs count toward the budget
+(a met budget tunes nothing), every measured record is appended to the logs at once (Ctrl-C or
+a crash loses only the batch in flight), and progress says trials done/total, the best latency
+of each task, the estimated model latency and an ETA."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.artifact.tuning_logs import check_target, count_records, open_database, repair
+from pipeline.base.devices import DeviceConfig
+from pipeline.base.paths import BUILD_ROOT
+from pipeline.compile.extensions import extensions_for
+from pipeline.compile.progress import Progress
+from pipeline.farm.boards import board_info
+from pipeline.farm.tracker import TrackerAddress, wait_for_boards
+
+log = logging.getLogger(__name__)
+
+WORK_ROOT = BUILD_ROOT / "tune-work"  # MetaSchedule's own files (cost model, task logs)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    folder: Path
+    trials_before: int
+    trials_after: int
+    tasks: int
+    estimated_ms: float | None  # sum over tasks of weight x best measured latency
+    interrupted: bool = False
+
+
+def build_candidate(mod, target, _params):
+    """MetaSchedule builder build function: MetaSchedule's default minus its import of
+    tvm.s_tir.tensor_intrin, which takes ~35 s (it parses CUDA/ROCm/Hexagon intrinsics) in
+    every fresh builder process, i.e. once per batch: the candidates arrive already scheduled
+    (tensorized blocks included), so building them needs no registered intrinsic."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def export_shared(mod, compiler: str) -> str:
+    """MetaSchedule builder export: link a .so on the host with the class's (cross) compiler,
+    because boards have no compiler of their own."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ms-"), "candidate.so")
+    mod.export_library(path, fcompile=cc.create_shared, cc=compiler)
+    return path
+
+
+def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
+         tracker: TrackerAddress) -> TuneResult:
+    """Tune the kernels of `lowered_mod` (pipeline.compile.lowering) on boards of `device`
+    until the logs in `folder` hold `trials` records, appending each as it is measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for line in repair(folder).dropped:
+        log.warning(f"moved a corrupt tuning record aside: {line}")
+    check_target(folder, device.target, device.name)
+    before = count_records(folder)
+    extracted = [t for t in ms.relax_integration.extract_tasks(lowered_mod, device.tvm_target())
+                 if _tunable(t)]
+    database = open_database(folder)
+    per_task = device.tuning.trials_per_task
+    history = {t.task_name: _history(database, t) for t in extracted}
+    done = {name: count for name, (count, _) in history.items()}
+    # Round-robin visits tasks in this order: kernels with no records first, then those the
+    # model spends most time in (best latency x occurrences), so a resumed run's budget goes
+    # where it shortens the model most.
+    todo = sorted((t for t in extracted if done[t.task_name] < per_task),
+                  key=lambda t: (done[t.task_name] > 0,
+                                 -t.weight * (history[t.task_name][1] or 0.0)))
+    remaining = trials - before
+    progress = Progress(extracted, before, trials)
+    progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
+    if remaining <= 0 or not todo:
+        estimate = progress.estimate_ms()
+        log.info(f"tuning: budget met ({before} trials in {folder}, budget {trials}); nothing "
+                 f"to tune" + (f"; estimated model latency {estimate:.2f} ms" if estimate else ""))
+        return TuneResult(folder, before, before, len(extracted), progress.estimate_ms())
+    boards = wait_for_boards(tracker, device.rpc_key)
+    emulated = progress.emulated = board_info(tracker, device.rpc_key).emulated
+    if emulated:
+        log.info(f"the '{device.rpc_key}' boards are emulated: candidates are checked there, "
+                 f"but their timings are not performance figures")
+    log.info(f"tuning {len(todo)} of {len(extracted)} tasks on {boards} '{device.rpc_key}' "
+             f"board(s) via {tracker}: {remaining} more trials (budget {trials}, {before} in the "
+             f"logs)")
+    work_dir = WORK_ROOT / folder.parent.name / folder.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    extensions = extensions_for(device.tvm_target())
+    extensions.register_intrinsics()  # the space generator tensorizes with them
+    contexts, weights = _tune_contexts(todo, extensions.space_generator(), seed=0)
+    with _graceful_ctrl_c(progress):
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+            max_trials_global=remaining, max_trials_per_task=per_task,
+            # Each batch costs ~12 s of evolutionary search whatever its size: 32 amortizes that
+            # and still gives every task a second, cost-model-guided batch within 64 trials.
+            num_trials_per_iter=min(32, per_task),
+            builder=ms.builder.LocalBuilder(
+                f_build=build_candidate,
+                f_export=functools.partial(export_shared, compiler=device.compiler()),
+                timeout_sec=120 if emulated else 30),
+            runner=_runner(device, tracker, boards, emulated),
+            database=database, cost_model="xgb",
+            # Round-robin joins every finished batch before picking the next task, so each
+            # measured trial reaches the logs at once; the gradient scheduler holds the whole
+            # first round (hundreds of trials) in memory. With the budget at tasks x per-task
+            # cap, both allocate the same trials.
+            task_scheduler="round-robin",
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                               progress.callback()],
+        )
+    interrupted = progress.stop_requested
+    if interrupted:
+        log.info("interrupted: every measured trial is in the logs; run the same command again "
+                 "to resume")
+    after = count_records(folder)
+    return TuneResult(folder, before, after, len(extracted), progress.estimate_ms(), interrupted)
+
+
+@contextlib.contextmanager
+def _graceful_ctrl_c(progress: Progress):
+    """First Ctrl-C (or SIGTERM): record the batch in flight, then stop. Second: abort now.
+
+    A KeyboardInterrupt raised inside MetaSchedule's C++ loop (through its Python callbacks)
+    crashes the process, so the first Ctrl-C only sets a flag that the measure callback acts
+    on by terminating every task; the scheduler then joins what is running and returns."""
+    def on_sigint(signum, frame):
+        progress.stop_requested = True
+        log.info("\nCtrl-C: stopping after the batch in flight is recorded (Ctrl-C again to abort "
+              "at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (a supervisor, `kill`) stops the same way, so the embedded farm is shut down too.
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+TASK_LOGGER = "tvm.s_tir.meta_schedule.tasks"
+
+
+def _tune_contexts(tasks, space, seed: int):
+    """One TuneContext per task, as MetaSchedule's `extracted_tasks_to_tune_contexts` makes
+    them, but logging to a plain logger of ours: MetaSchedule's own set-up rebuilds its loggers
+    with `logging.config.dictConfig` from the names of every handler already on them, and
+    crashes on a handler it did not create (pytest's, or a user application's, unnamed ones)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    logger = logging.getLogger(TASK_LOGGER)
+    contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target,
+                               space_generator=space, search_strategy="evolutionary",
+                               task_name=task.task_name, logger=logger, rand_state=rand_state,
+                               num_threads="physical").clone()
+                for task, rand_state in zip(tasks, fork_seed(seed, n=len(tasks)), strict=True)]
+    return contexts, [float(task.weight) for task in tasks]
+
+
+def _tunable(task) -> bool:
+    return not task.mod.attrs.get("tirx.is_scheduled", False)
+
+
+def _history(database, task) -> tuple[int, float | None]:
+    """Valid records of the task already in the logs, and the best mean latency among them."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0, None
+    records = database.get_top_k(database.commit_workload(mod), 1 << 20)
+    if not records:
+        return 0, None
+    best = min(sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in records)
+    return len(records), best
+
+
+def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool):
+    from tvm.s_tir import meta_schedule as ms
+
+    if emulated:  # emulated timings are meaningless: one run each, only to prove it runs
+        evaluator = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0)
+        # A candidate takes seconds under qemu, but now and then a session forked by the
+        # board's multi-threaded server hangs (seen once in ~10 runs): it is abandoned after
+        # this long and counted as a failed trial, and the board serves the next one.
+        timeout = 120
+    else:
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                              enable_cpu_cache_flush=False)
+        timeout = 60
+    config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port,
+                                 tracker_key=device.rpc_key, session_timeout_sec=timeout)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                               max_workers=max(boards, 1))

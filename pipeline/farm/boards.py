@@ -1,0 +1,78 @@
+"""Running a library on a board of the farm through the tracker: which board answered,
+whether it is emulated, its output and its timings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.base.errors import UserError
+from pipeline.farm.tracker import TrackerAddress
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    name: str
+    emulated: bool  # its timings are not performance figures
+
+
+@dataclass(frozen=True)
+class BoardRun:
+    output: np.ndarray
+    times_ms: tuple[float, ...]  # one entry per repeat, empty when not timed
+    board: BoardInfo
+
+
+def board_info(tracker: TrackerAddress, key: str, timeout_s: int = 120) -> BoardInfo:
+    """Which board of `key` answers, and whether it is emulated."""
+    return _describe(_request(tracker, key, timeout_s), key)
+
+
+def run_on_board(lib: Path, tracker: TrackerAddress, key: str, x: np.ndarray,
+                 repeats: int = 30, timeout_s: int = 600) -> BoardRun:
+    """Upload `lib` to a free board of `key`, run `main(x)`, and time `repeats` runs (not on
+    an emulated board, whose timings mean nothing)."""
+    import tvm
+    from tvm import relax
+
+    remote = _request(tracker, key, timeout_s)
+    board = _describe(remote, key)
+    repeats = 0 if board.emulated else repeats
+    remote.upload(str(lib))
+    module = remote.load_module(lib.name)
+    dev = remote.cpu()
+    vm = relax.VirtualMachine(module, dev)
+    inp = tvm.runtime.tensor(x, dev)
+    output = vm["main"](inp).numpy()
+    times: tuple[float, ...] = ()
+    if repeats:
+        vm.set_input("main", inp)
+        timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeats,
+                                  min_repeat_ms=0)
+        times = tuple(float(t) * 1e3 for t in timer("main").results)
+    return BoardRun(output, times, board)
+
+
+def _request(tracker: TrackerAddress, key: str, timeout_s: int):
+    from tvm import rpc
+
+    try:
+        return rpc.connect_tracker(tracker.host, tracker.port).request(
+            key, priority=1, session_timeout=timeout_s)
+    except (OSError, RuntimeError, TimeoutError) as err:
+        raise UserError(f"Could not get a '{key}' board from the tracker at {tracker} ({err}). "
+                        f"python -m tvm.exec.query_rpc_tracker --host {tracker.host} --port "
+                        f"{tracker.port} lists the boards.") from None
+
+
+def _describe(remote, key: str) -> BoardInfo:
+    """Boards started by our farm answer `edge_tvm.board_info`; any other TVM RPC server is
+    taken for a real board of its key."""
+    try:
+        info = json.loads(remote.get_function("edge_tvm.board_info")())
+    except (AttributeError, RuntimeError, ValueError):
+        return BoardInfo(key, emulated=False)
+    return BoardInfo(str(info.get("name", key)), bool(info.get("emulated", False)))

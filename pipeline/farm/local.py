@@ -1,0 +1,51 @@
+"""The embedded farm: with no --tracker, the pipeline starts its own on this machine.
+
+A loopback tracker and local boards of the device class (x86 classes natively, aarch64 classes
+as emulated boards under qemu), watched for health like any farm, and stopped on exit. Tuning
+and verification go through the same RPC path as on a real farm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.base.devices import DeviceConfig
+from pipeline.farm.inventory import Board, Health, Inventory, TrackerConfig
+from pipeline.farm.lifecycle import Farm
+from pipeline.farm.tracker import TrackerAddress, free_port
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def local_farm(device: DeviceConfig, boards: int = 1) -> Iterator[Farm]:
+    """A tracker plus `boards` local boards of `device` for the duration of the block."""
+    inventory = Inventory(
+        TrackerConfig("127.0.0.1", free_port()), Health(),
+        tuple(Board(f"{device.name}-{i + 1}", device, None, device.emulated_here, None)
+              for i in range(boards)))
+    with tempfile.TemporaryDirectory(prefix="pipeline-farm-") as tmp:
+        farm = Farm(inventory, Path(tmp))
+        try:
+            farm.up()
+            with farm.watching():
+                yield farm
+        finally:
+            farm.down()
+
+
+@contextlib.contextmanager
+def farm_for(device: DeviceConfig, tracker: TrackerAddress | None) -> Iterator[TrackerAddress]:
+    """The tracker to use: `tracker` as given, or an embedded farm's for the block's duration."""
+    if tracker is not None:
+        yield tracker
+        return
+    log.info(f"no --tracker: starting an embedded farm with one "
+             f"{'emulated ' if device.emulated_here else ''}'{device.rpc_key}' board on this "
+             f"machine")
+    with local_farm(device) as farm:
+        yield farm.address

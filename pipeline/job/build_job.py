@@ -1,0 +1,129 @@
+"""The main job, shared by `pipeline.tune`, `pipeline.build` and the nightly rebuilds: a
+straight sequence of typed stages.
+
+    import -> quantize -> lower -> tune -> build -> verify -> package
+
+Why this order: quantization and its accuracy gate come before tuning, so a model that loses
+too much accuracy costs no tuning time; the model is lowered once, and tuning and building
+see the very same kernels (tuning records are keyed by their exact TIR); verification comes
+before packaging, so no artifact exists whose outputs were not checked on a board of its class.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.artifact.manifest import (
+    CALIBRATION_NAME,
+    DeviceInfo,
+    Manifest,
+    ModelInfo,
+    TensorSpec,
+    TuningInfo,
+)
+from pipeline.artifact.store import write_artifact
+from pipeline.artifact.tuning_logs import (
+    buildable_device,
+    count_records,
+    file_hashes,
+    log_dir,
+    snapshot,
+)
+from pipeline.base.devices import DeviceConfig
+from pipeline.base.files import sha256_file
+from pipeline.base.paths import ARTIFACTS, TUNING_LOGS
+from pipeline.base.variant import ArtifactKey
+from pipeline.compile.build import BuiltLibrary, build_library
+from pipeline.compile.lowering import lower
+from pipeline.compile.tuning import tune
+from pipeline.farm.local import farm_for
+from pipeline.farm.tracker import TrackerAddress
+from pipeline.frontend.importer import ImportedModel, import_model
+from pipeline.frontend.models import LoadedModel
+from pipeline.job.provenance import toolchain_versions
+from pipeline.quantization.plan import plan_to_json
+from pipeline.quantization.stage import Quantized, QuantizeOptions, quantize
+from pipeline.verify.board import verify_on_board
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    device: DeviceConfig
+    model: LoadedModel
+    trials: int  # total tuning budget, logs included; 0 builds from the logs as they are
+    tracker: TrackerAddress | None = None  # None: an embedded farm for the job's duration
+    out_dir: Path | None = None  # None: artifacts/<device>/<model>-<variant>
+    log_root: Path = TUNING_LOGS
+    options: QuantizeOptions = field(default_factory=QuantizeOptions)
+    verify: bool = True  # False: packaged without verification (no board of the class)
+
+    @property
+    def key(self) -> ArtifactKey:
+        return ArtifactKey(self.device.name, self.model.name, self.options.variant)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    artifact: Path
+    manifest: Manifest
+
+
+def run_job(spec: JobSpec) -> JobResult | None:
+    """Returns None when tuning was interrupted (the logs keep every finished trial)."""
+    folder = log_dir(spec.key, spec.log_root)
+    device = device_for_logs(spec.device, folder)
+    model = spec.model
+    log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
+    imported = import_model(model)
+    quantized = quantize(imported, model, device, spec.options)
+    lowered = lower(quantized.mod, device.tvm_target())
+    with farm_for(device, spec.tracker) as address:
+        if spec.trials > 0 and tune(lowered, device, folder, spec.trials, address).interrupted:
+            return None
+        log.info("building for %s with the logs in %s", device.name, folder)
+        with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
+            # Build from and bundle one snapshot: a tuner may still be appending to `folder`.
+            used_logs = Path(scratch) / "logs"
+            for line in snapshot(folder, used_logs).dropped:
+                log.warning("skipped a corrupt tuning record: %s",
+                            line.replace(str(used_logs), str(folder)))
+            built = build_library(lowered, device, used_logs, Path(scratch) / "lib.so")
+            log.info("  %d/%d kernels from the tuning logs", built.tuned_kernels,
+                     built.total_kernels)
+            checked = (verify_on_board(built.path, model, quantized, device, address)
+                       if spec.verify else None)
+            manifest = _manifest(device, model, imported, quantized, built, used_logs, checked)
+            dest = spec.out_dir or spec.key.under(ARTIFACTS)
+            extras = ({CALIBRATION_NAME: plan_to_json(quantized.plan)}
+                      if quantized.plan is not None else {})
+            return JobResult(dest, write_artifact(dest, built.path, used_logs, manifest, extras))
+
+
+def device_for_logs(device: DeviceConfig, folder: Path) -> DeviceConfig:
+    """`device` as the logs in `folder` build it (see `buildable_device`), saying so when that
+    is another CPU model than this machine's."""
+    buildable = buildable_device(device, folder)
+    if buildable is not device:
+        log.info("%s: this CPU (%s) runs every instruction of %s, the CPU model the logs in %s "
+                 "were tuned for: building for %s", device.name, device.target["mcpu"],
+                 buildable.target["mcpu"], folder, buildable.target["mcpu"])
+    return buildable
+
+
+def _manifest(device: DeviceConfig, model: LoadedModel, imported: ImportedModel,
+              quantized: Quantized, built: BuiltLibrary, used_logs: Path, checked) -> Manifest:
+    return Manifest(
+        model=ModelInfo(model.name, model.source, model.spec, model.sha256,
+                        TensorSpec(model.input_name, model.input_shape),
+                        TensorSpec("output", imported.output_shape)),
+        device=DeviceInfo(device.name, device.target, device.rpc_key, sha256_file(device.source)),
+        variant=quantized.variant, toolchain=toolchain_versions(device),
+        tuning=TuningInfo(count_records(used_logs), built.tuned_kernels, built.total_kernels,
+                          file_hashes(used_logs)),
+        files={}, verification=checked, quantization=quantized.quantization,
+        accuracy=quantized.accuracy)

@@ -1,0 +1,170 @@
+"""The nightly report: its typed form (report.json, one per night in the history) and its
+self-contained HTML page: a summary table, latency per device and model over the nights, and
+tuning curves; plots are inline SVG (no network, no extra files)."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.base.files import atomic_write
+
+REPORT_SCHEMA = "edge-tvm-pipeline/nightly-report"
+REPORT_VERSION = 1
+
+
+@dataclass
+class EntryResult:
+    id: str
+    status: str = "ok"  # ok | problem | error
+    problems: list[str] = field(default_factory=list)
+    lib_sha256: str | None = None
+    reproducible: bool | None = None  # None: no released artifact to compare with
+    release_note: str = ""
+    board: str | None = None  # None: not verified (see verify_note)
+    verify_note: str = ""
+    emulated: bool = False
+    latency_ms: float | None = None
+    previous_latency_ms: float | None = None
+    max_abs_error: float | None = None
+    top1_matches: bool | None = None
+    trials: int = 0
+    tuning_curve_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NightlyReport:
+    started: str  # ISO time, UTC
+    regression_threshold: float
+    tracker: str | None  # None: embedded boards
+    entries: tuple[EntryResult, ...]
+    exit_code: int
+    schema: str = REPORT_SCHEMA
+    schema_version: int = REPORT_VERSION
+
+    def entry(self, entry_id: str) -> EntryResult | None:
+        return next((e for e in self.entries if e.id == entry_id), None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @staticmethod
+    def from_dict(raw: dict) -> NightlyReport:
+        known = {f.name for f in dataclasses.fields(EntryResult)}
+        entries = tuple(EntryResult(**{k: v for k, v in e.items() if k in known})
+                        for e in raw["entries"])
+        return NightlyReport(raw["started"], float(raw["regression_threshold"]), raw["tracker"],
+                             entries, int(raw["exit_code"]), raw["schema"],
+                             int(raw["schema_version"]))
+
+
+
+
+def write_report(report: NightlyReport, history: list[NightlyReport], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "report.json", report.to_json())
+    page = render_html(report, history)
+    atomic_write(out_dir / "report.html", page)
+    return out_dir / "report.html"
+
+
+def render_html(report: NightlyReport, history: list[NightlyReport]) -> str:
+    nights = [*history, report]
+    rows = "".join(_row(e) for e in report.entries)
+    verdict = "all good" if report.exit_code == 0 else "PROBLEMS (exit 1)"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Nightly rebuild {html.escape(report.started)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+td, th {{ border: 1px solid #bbb; padding: 4px 8px; font-size: 14px; vertical-align: top; }}
+th {{ background: #eee; }}
+.ok {{ background: #e3f6e3; }} .problem, .error {{ background: #fbe0e0; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 2em; }}
+</style></head><body>
+<h1>Nightly rebuild: {html.escape(verdict)}</h1>
+<p>Started {html.escape(report.started)}; tracker {html.escape(report.tracker or 'embedded')};
+regression threshold +{report.regression_threshold * 100:.0f}% latency.
+Emulated boards check outputs only: their timings are not performance figures.</p>
+<table><tr><th>entry</th><th>status</th><th>reproducible</th><th>verification</th>
+<th>latency ms (last night)</th><th>max abs error</th><th>trials</th><th>notes</th></tr>
+{rows}</table>
+<div class="plots">
+<figure><figcaption>Latency per device and model, by night (real boards only)</figcaption>
+{_latency_plot(nights)}</figure>
+<figure><figcaption>Tuning curves: sum of the best kernel times after each trial</figcaption>
+{_tuning_plot(report)}</figure>
+</div></body></html>
+"""
+
+
+def _row(e: EntryResult) -> str:
+    repro = {True: "yes", False: "NO", None: "no release"}[e.reproducible]
+    latency = "-" if e.latency_ms is None else f"{e.latency_ms:.3f}"
+    if e.previous_latency_ms is not None:
+        latency += f" ({e.previous_latency_ms:.3f})"
+    error = "-" if e.max_abs_error is None else f"{e.max_abs_error:.2e}"
+    board = e.board or "not verified"
+    notes = "; ".join(n for n in [*e.problems, e.error, e.release_note, e.verify_note] if n)
+    cells = [e.id, e.status, repro, board, latency, error, str(e.trials), notes]
+    return (f'<tr class="{html.escape(e.status)}">'
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>\n")
+
+
+def _latency_plot(nights: list[NightlyReport]) -> str:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for i, night in enumerate(nights):
+        for e in night.entries:
+            if e.latency_ms is not None:
+                series.setdefault(e.id, []).append((i, e.latency_ms))
+    fig, ax = _figure()
+    for name, points in sorted(series.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("night")
+    ax.set_ylabel("median latency (ms)")
+    labels = [n.started[5:16].replace("T", " ") for n in nights]
+    ax.set_xticks(range(len(nights)), labels, rotation=30)
+    return _svg(fig, ax, bool(series), "no benchmarked entries yet")
+
+
+def _tuning_plot(report: NightlyReport) -> str:
+    fig, ax = _figure()
+    drawn = False
+    for e in report.entries:
+        curve = e.tuning_curve_ms
+        if curve:
+            ax.plot(range(1, len(curve) + 1), curve, label=e.id)
+            drawn = True
+    ax.set_xlabel("trials")
+    ax.set_ylabel("sum of best kernel times (ms)")
+    if drawn:
+        ax.set_yscale("log")
+    return _svg(fig, ax, drawn, "no tuning records (untuned builds)")
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    return fig, fig.add_subplot()
+
+
+def _svg(fig, ax, drawn: bool, empty_text: str) -> str:
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]

@@ -1,0 +1,119 @@
+"""int8 calibration: run the float model on sample data and choose each quantized tensor's
+clipping threshold (pipeline.int8 holds the plan it returns and the rewrite that applies it).
+
+Activation ranges come from running the float model on the calibration data (compiled for this
+machine) and reading the absolute values that reach each quantized layer: `minmax` (largest
+seen), `percentile` (e.g. the 99.99th), `entropy` (the clipping threshold whose 8-bit
+histogram has the least KL divergence from the float one, as in TensorRT's calibrator), or `mse`
+(the threshold whose clipping and rounding error has the least power on the samples).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+import pipeline.quantization.rounding as rounding
+from pipeline.base.errors import UserError
+from pipeline.compile.host import compile_for_host
+from pipeline.quantization.graph import quantizable_layers, weight_geometry
+from pipeline.quantization.observers import Observer
+from pipeline.quantization.plan import Int8Plan
+from pipeline.quantization.weights import compensated_rounding
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_INPUT = 32768  # absolute values kept per tensor and calibration input
+
+
+def calibrate(mod, inputs: np.ndarray, observer: Observer) -> Int8Plan:
+    """Run the float model on `inputs` (N, ...) and choose a clipping threshold per tensor,
+    and the rounding of each layer's weights against the inputs that reach it."""
+    layers, calls, tensors = quantizable_layers(mod["main"])
+    if not layers:
+        raise UserError("The model has no convolution or matmul with constant weights: nothing "
+                        "to quantize to int8.")
+    run = compile_for_host(_expose(mod, tensors))
+    rng = np.random.default_rng(0)
+    per_channel = [all(layer.depthwise for layer in layers if layer.tensor == t)
+                   for t in range(len(tensors))]
+    absmax = np.zeros(len(tensors))
+    samples: list[list[np.ndarray]] = [[] for _ in tensors]
+    sums: list[np.ndarray | float] = [0.0] * len(tensors)
+    geometries = [_compensable(call) for call in calls]
+    moments: list[np.ndarray | float] = [0.0] * len(layers)
+    for i, x in enumerate(inputs):
+        _, *values = run(x[None])
+        for k, (layer, geometry) in enumerate(zip(layers, geometries, strict=True)):
+            if geometry is not None:
+                moments[k] = moments[k] + rounding.patch_moment(values[layer.tensor], geometry)
+        for t, value in enumerate(values):
+            sums[t] = sums[t] + _channel_means(value)
+            magnitude = np.abs(value[0]).astype("float32")
+            absmax[t] = max(absmax[t], float(magnitude.max()))
+            if per_channel[t]:  # (channels, samples) kept apart per channel
+                columns = magnitude.reshape(magnitude.shape[0], -1)
+                keep = max(1, SAMPLES_PER_INPUT // columns.shape[0])
+                if columns.shape[1] > keep:
+                    columns = columns[:, rng.integers(0, columns.shape[1], keep)]
+                samples[t].append(columns)
+                continue
+            flat = magnitude.reshape(-1)
+            if flat.size > SAMPLES_PER_INPUT:
+                flat = flat[rng.integers(0, flat.size, SAMPLES_PER_INPUT)]
+            samples[t].append(flat)
+        if (i + 1) % 16 == 0 or i + 1 == len(inputs):
+            log.info(f"  calibration: {i + 1}/{len(inputs)} inputs through {len(layers)} layers")
+    unsigned = {layer.tensor: layer.unsigned for layer in layers}
+    ranges = []
+    for t in range(len(tensors)):
+        levels = 255 if unsigned[t] else 127
+        means = tuple(float(m) for m in np.asarray(sums[t]) / len(inputs))
+        if per_channel[t]:
+            ranges.append(replace(observer.channel_range(np.concatenate(samples[t], axis=1),
+                                                         levels), channel_mean=means))
+            continue
+        ranges.append(replace(observer.tensor_range(np.concatenate(samples[t]),
+                                                    float(absmax[t]), levels),
+                              channel_mean=means))
+    log.info(f"  rounding the weights of {sum(g is not None for g in geometries)} of {len(layers)} "
+          "layers against the calibration data (GPTQ)")
+    rounded = tuple("" if geometry is None else compensated_rounding(call, geometry, moment)
+                    for call, geometry, moment in zip(calls, geometries, moments, strict=True))
+    return Int8Plan(tuple(layers), tuple(ranges), observer.method, rounded)
+
+
+def _compensable(call) -> rounding.Geometry | None:
+    geometry = weight_geometry(call)
+    fits = geometry is not None and rounding.columns(
+        geometry, tuple(int(d) for d in call.args[1].ty.shape)) <= rounding.MAX_COLUMNS
+    return geometry if fits else None
+
+
+def _channel_means(value: np.ndarray) -> np.ndarray:
+    axis = 1 if value.ndim == 4 else value.ndim - 1
+    return value.astype("float64").mean(axis=tuple(a for a in range(value.ndim) if a != axis))
+
+
+def _expose(mod, tensors: list):
+    """The model with every calibrated tensor added to its outputs."""
+    import tvm
+    from tvm import relax
+
+    func = mod["main"]
+    # Dataflow variables cannot leave their block: outputs of the block become plain Vars,
+    # found again by position since names are not unique.
+    where = {}
+    for b, block in enumerate(func.body.blocks):
+        for i, binding in enumerate(block.bindings):
+            where[binding.var] = (b, i)
+    positions = [where.get(t) for t in tensors]
+    plain = relax.transform.ToNonDataflow()(mod)["main"]
+    outputs = [plain.params[func.params.index(t)] if pos is None
+               else plain.body.blocks[pos[0]].bindings[pos[1]].var
+               for t, pos in zip(tensors, positions, strict=True)]
+    body = relax.BlockBuilder().normalize(
+        relax.SeqExpr(plain.body.blocks, relax.Tuple([plain.body.body, *outputs])))
+    return tvm.IRModule({"main": relax.Function(plain.params, body, attrs=plain.attrs)})

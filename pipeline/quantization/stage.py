@@ -1,0 +1,185 @@
+"""The quantize stage: fp32 as imported, int8 calibrated on sample data, or fp16; and the
+quantized model's accuracy against the fp32 one, gated before any tuning time is spent.
+
+When int8 loses more than allowed on the evaluation data, the accuracy fallback keeps layers in
+float, a few more at a time, up to `fallback_limit` layers. The figures are then measured on
+the data that chose the fallback: benchmarks measure on other inputs
+(bench/int8_efficientnet_lite0.py does)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import pipeline.quantization.accuracy as accuracy
+from pipeline.artifact.manifest import Accuracy, DataInfo, Quantization
+from pipeline.base.devices import DeviceConfig
+from pipeline.base.errors import UserError
+from pipeline.base.variant import Variant
+from pipeline.compile.host import compile_for_host
+from pipeline.frontend.importer import ImportedModel
+from pipeline.frontend.models import LoadedModel
+from pipeline.quantization.calibration import calibrate
+from pipeline.quantization.datasets import CALIBRATION_SEED, EVALUATION_SEED, Dataset, load_dataset
+from pipeline.quantization.observers import observer_for
+from pipeline.quantization.plan import Int8Plan, LayerId, Method
+from pipeline.quantization.policy import Int8Policy, policy_for
+from pipeline.quantization.rewrite import apply_int8
+from pipeline.quantization.weights import rank_by_noise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    variant: Variant = Variant.FP32
+    method: Method = "mse"
+    percentile: float = 99.99
+    calibration: str = "builtin"
+    calibration_count: int = 256
+    eval_data: str | None = None  # None: the calibration source (builtin: other crops)
+    eval_count: int = 200
+    keep_float: frozenset[str] = field(default_factory=frozenset)
+    fallback_limit: int = 8  # layers the accuracy fallback may keep in float (0: none)
+    max_drop_points: float = 1.0
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        observer_for(self.method, self.percentile)  # an unknown method is a UserError
+        if not 50.0 < self.percentile <= 100.0:
+            raise UserError(f"--percentile {self.percentile} must be in (50, 100].")
+        if self.calibration_count < 1 or self.eval_count < 1 or self.fallback_limit < 0:
+            raise UserError("--calibration-count and --eval-count must be >= 1, "
+                            "--fallback-limit >= 0.")
+        if self.max_drop_points < 0:
+            raise UserError(f"--max-accuracy-drop {self.max_drop_points} must be >= 0.")
+
+
+@dataclass(frozen=True)
+class Quantized:
+    mod: object  # the Relax module to lower, tune and build
+    variant: Variant
+    quantization: Quantization | None  # None for fp32
+    accuracy: Accuracy | None
+    # The quantized model compiled for this machine: the reference that board runs of the
+    # artifact are checked against (the framework computes no int8). None for fp32.
+    reference: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
+    plan: Int8Plan | None = None  # int8: the calibration, bundled with the artifact
+
+
+def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
+             options: QuantizeOptions) -> Quantized:
+    variant = options.variant
+    if variant is Variant.FP32:
+        return Quantized(imported.mod, variant, None, None)
+    _require_capability(device, variant)
+    evaluation = _evaluation_data(model, options)
+    reference = np.concatenate([model.reference_output(x[None]) for x in evaluation.inputs])
+    if variant is Variant.FP16:
+        mod, info, plan = apply_fp16(imported.mod), Quantization("fp16", 0), None
+        report, run = _measure(mod, evaluation, reference, options)
+    else:
+        mod, info, plan, report, run = _int8(imported, model, options, evaluation, reference,
+                                             policy_for(device.tvm_target()))
+    accuracy.require(report, variant)
+    if not accuracy.within(report):
+        log.warning(f"packaging with --force although the drop exceeds "
+              f"{options.max_drop_points:g} points")
+    return Quantized(mod, options.variant, info, report, run, plan)
+
+
+def _measure(mod, evaluation: Dataset, reference: np.ndarray, options: QuantizeOptions):
+    """The quantized model, compiled for this machine, against fp32 on the evaluation data."""
+    log.info(f"measuring {options.variant} against fp32 on {len(evaluation)} inputs from "
+          f"{evaluation.spec}")
+    run = _host_runner(mod)
+    outputs = np.concatenate([run(x[None]) for x in evaluation.inputs])
+    report = accuracy.compare(reference, outputs, evaluation.labels, _info(evaluation),
+                              options.max_drop_points, forced=options.force)
+    log.info(f"  {accuracy.describe(report)}: {report.drop_points:.2f} points lost (allowed: "
+          f"{report.max_drop_points:g})")
+    return report, run
+
+
+def requantize(mod, info: Quantization, plan: Int8Plan | None, target: dict):
+    """The quantized module of an existing artifact, from its manifest and calibration record
+    (no calibration, no accuracy run) and the target it was built for: what a rebuild
+    compiles."""
+    import tvm
+
+    if info.mode == "fp16":
+        return apply_fp16(mod)
+    if plan is None:
+        raise UserError("The int8 artifact has no calibration record; it cannot be rebuilt.")
+    return apply_int8(mod, plan, policy_for(tvm.target.Target(dict(target))),
+                      frozenset(info.float_layers))
+
+
+def _require_capability(device: DeviceConfig, variant: Variant) -> None:
+    mode = variant.value
+    if mode not in device.capabilities:
+        have = ", ".join(sorted(device.capabilities)) or "none"
+        hint = ("no fp16 arithmetic" if variant is Variant.FP16 else "no int8 support")
+        raise UserError(f"Device class '{device.name}' has {hint} (capabilities: {have} in "
+                        f"{device.source}), so it gets no {mode} artifact. Use --quantize int8 "
+                        f"or none, or a device class whose CPUs have {mode}.")
+
+
+def apply_fp16(mod):
+    """Convolutions and matmuls in fp16 (weights and accumulation); input and output stay
+    float32."""
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([
+        relax.transform.ToMixedPrecision(out_dtype="float16"),
+        relax.transform.FoldConstant(),
+    ])(mod)
+
+
+def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
+          evaluation: Dataset, reference: np.ndarray, policy: Int8Policy):
+    """Calibrate, rewrite, measure; while the drop is over the threshold, keep more layers in
+    float (the accuracy fallback: 1, 2, 4, ... up to `fallback_limit`, input layers first, then
+    the noisiest)."""
+    calibration = load_dataset(options.calibration, model.input_shape, options.calibration_count,
+                               CALIBRATION_SEED)
+    log.info(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
+          f"{calibration.spec}")
+    plan = calibrate(imported.mod, calibration.inputs,
+                     observer_for(options.method, options.percentile))
+    keep = frozenset(options.keep_float)
+    ranked = [name for name in rank_by_noise(imported.mod, plan) if name not in keep]
+    limit = min(options.fallback_limit, len(ranked))
+    fallback: list[str] = []
+    while True:
+        mod = apply_int8(imported.mod, plan, policy, keep | frozenset(fallback))
+        report, run = _measure(mod, evaluation, reference, options)
+        if accuracy.within(report) or len(fallback) >= limit:
+            break
+        fallback = ranked[:min(2 * len(fallback) or 1, limit)]
+        log.info(f"  accuracy fallback: keeping {', '.join(fallback)} in float")
+    floats = tuple(sorted(keep | set(fallback), key=lambda name: LayerId.parse(name).order))
+    info = Quantization("int8", len(plan.layers) - len(floats), floats, tuple(fallback),
+                        options.method,
+                        options.percentile if options.method == "percentile" else None,
+                        _info(calibration))
+    return mod, info, plan, report, run
+
+
+def _evaluation_data(model: LoadedModel, options: QuantizeOptions) -> Dataset:
+    spec = options.eval_data or options.calibration
+    seed = EVALUATION_SEED if spec == "builtin" else CALIBRATION_SEED
+    return load_dataset(spec, model.input_shape, options.eval_count, seed)
+
+
+def _info(data: Dataset) -> DataInfo:
+    return DataInfo(data.spec, len(data), data.sha256)
+
+
+def _host_runner(mod) -> Callable[[np.ndarray], np.ndarray]:
+    run = compile_for_host(mod)
+    return lambda x: run(x)[0]

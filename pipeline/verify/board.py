@@ -1,0 +1,54 @@
+"""The verify stage: run the built library on a board of its class and check its output
+against the framework's (fp32) or the same quantized model compiled here (int8, fp16)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifact.manifest import Verification
+from pipeline.base.devices import DeviceConfig
+from pipeline.farm.boards import BoardRun, run_on_board
+from pipeline.farm.tracker import TrackerAddress, wait_for_boards
+from pipeline.frontend.models import LoadedModel
+from pipeline.quantization.stage import Quantized
+
+log = logging.getLogger(__name__)
+
+
+def verify_on_board(lib: Path, model: LoadedModel, quantized: Quantized, device: DeviceConfig,
+                    address: TrackerAddress) -> Verification:
+    """The board's output against the framework's (fp32), or against the same quantized model
+    compiled for this machine (int8, fp16: the framework has no such model)."""
+    x = model.sample_input()
+    if quantized.reference is None:
+        reference, against = model.reference_output(x), "the framework"
+    else:
+        reference = quantized.reference(x)
+        against = f"the {quantized.variant.value} model on this machine"
+    log.info(f"verifying on a '{device.rpc_key}' board via {address} against {against}")
+    wait_for_boards(address, device.rpc_key)
+    run = run_on_board(lib, address, device.rpc_key, x)
+    checked = verification(run, reference)
+    log.info(f"  ran on board {run.board.name}"
+             + (" (emulated: not timed)" if run.board.emulated else ""))
+    allowed = quantized.variant.tolerance(reference)
+    if not checked.max_abs_error <= allowed:
+        raise RuntimeError(f"the compiled {model.name} differs from {against} by "
+                           f"{checked.max_abs_error:.3g} (tolerance {allowed:.3g}): a compiler "
+                           f"bug, not packaged")
+    return checked
+
+
+def verification(run: BoardRun, reference: np.ndarray) -> Verification:
+    error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))
+    top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
+                               reference.reshape(reference.shape[0], -1).argmax(-1)))
+    timed = bool(run.times_ms) and not run.board.emulated
+    return Verification(
+        board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
+        top1_matches_framework=top1,
+        latency_ms_median=float(np.median(run.times_ms)) if timed else None,
+        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None)
