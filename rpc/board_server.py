@@ -25,8 +25,11 @@ def main(argv=None):
     import logging
     import socket
 
+    import tvm
     import tvm_ffi
     from tvm.rpc import server as rpc_server
+
+    listen_loop = _listen_loop(tvm, rpc_server)
 
     info = json.dumps({"name": args.name, "key": args.key, "emulated": args.emulated,
                        "machine": platform.machine()})
@@ -47,8 +50,28 @@ def main(argv=None):
           f"{args.host}:{args.port} via tracker {args.tracker}", flush=True)
     # Returns only by raising when a session crashed (e.g. a kernel used an instruction this
     # CPU lacks): the process then exits non-zero and the farm sees a dead board.
-    rpc_server._listen_loop(sock, args.port, args.key, (host, int(port)), None, None)
+    listen_loop(sock, args.port, args.key, (host, int(port)), None, None)
     return 1
+
+
+# TVM's RPC server loop is private: its signature is checked against the TVM this server was
+# written for, so that another TVM fails here with a message instead of misbehaving later.
+LISTEN_LOOP_PARAMETERS = ("sock", "port", "rpc_key", "tracker_addr", "load_library", "custom_addr")
+TESTED_TVM = "0.27"
+
+
+def _listen_loop(tvm, rpc_server):
+    import inspect
+
+    loop = getattr(rpc_server, "_listen_loop", None)
+    found = tuple(inspect.signature(loop).parameters) if loop is not None else None
+    if found != LISTEN_LOOP_PARAMETERS:
+        raise SystemExit(
+            f"board_server.py needs TVM {TESTED_TVM}'s private tvm.rpc.server._listen_loop"
+            f"{LISTEN_LOOP_PARAMETERS}; this board's TVM {tvm.__version__} has "
+            f"{found or 'none'}. Install the pipeline's TVM on the board: pip install "
+            f"'apache-tvm[rpc]==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post1'.")
+    return loop
 
 
 if __name__ == "__main__":

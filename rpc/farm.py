@@ -1,16 +1,5 @@
-"""`python -m rpc.farm`: the device farm, a TVM tracker plus one RPC server per board of the
-inventory (the farm itself is pipeline.farm).
-
-    python -m rpc.farm up      --inventory farm.yaml   start the tracker and every board
-    python -m rpc.farm status  --inventory farm.yaml   per class: free/busy/dead/quarantined
-    python -m rpc.farm watch   --inventory farm.yaml   restart dead boards until Ctrl-C
-    python -m rpc.farm down    --inventory farm.yaml   stop everything `up` started
-
-What was started (PIDs, ports, failures) is kept in a state file, so each command can run from
-a fresh shell. Boards over SSH get our board server pushed by SFTP and started detached; local
-boards (emulated aarch64 ones under qemu, or x86 ones) are child processes of their own session.
-A board whose server died is restarted; one that dies `max_restarts` times within `window_s`
-is quarantined (stopped, and left out until `up` is run again)."""
+"""`python -m rpc.farm up | status | watch | down`: run the device farm of an inventory (the
+farm itself, its state and its health checks, is pipeline.farm.lifecycle)."""
 
 from __future__ import annotations
 

@@ -146,3 +146,21 @@ def test_a_kernel_with_an_instruction_the_board_lacks_kills_it_and_the_farm_rest
             time.sleep(0.5)
         assert farm.state.boards["arm-a53-1"].failures, "the crashed board was never noticed"
         _wait_state(farm, "arm-a53-1", "up")
+
+
+def test_board_server_checks_the_private_tvm_loop_it_calls():
+    """The board server calls TVM's private `_listen_loop`: a TVM whose loop differs is refused
+    with a message naming the versions, not run with misplaced arguments."""
+    import types
+
+    import tvm
+    from tvm.rpc import server
+
+    from rpc import board_server
+
+    assert board_server._listen_loop(tvm, server) is server._listen_loop
+    other = types.SimpleNamespace(_listen_loop=lambda sock, port, key, tracker: None)
+    with pytest.raises(SystemExit, match=r"TVM 0\.27's private.*has \('sock', 'port', 'key'"):
+        board_server._listen_loop(tvm, other)
+    with pytest.raises(SystemExit, match="has none"):
+        board_server._listen_loop(tvm, types.SimpleNamespace())

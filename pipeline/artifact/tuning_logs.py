@@ -95,8 +95,8 @@ def _record_lines(folder: Path):
 
     The one place that reads MetaSchedule's on-disk tuple (`[workload, [trace, run_secs,
     target, args]]`) instead of its Database API: the database returns records sorted by
-    speed, not in the order measured, and loading it parses every workload's TIR (~10 s for
-    EfficientNet-Lite0's logs), too slow for the questions asked here."""
+    speed, not in the order measured, and loading it parses every workload's TIR (seconds for
+    one model's logs), too slow for the questions asked here."""
     path = folder / RECORDS
     for line in path.read_text().splitlines() if path.exists() else ():
         try:

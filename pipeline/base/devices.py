@@ -14,9 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
 from pipeline.base.errors import UserError
+from pipeline.base.files import read_yaml
 from pipeline.base.paths import DEVICE_CONFIGS
 
 CONFIG_DIR = DEVICE_CONFIGS
@@ -109,10 +108,7 @@ def load_device(name_or_path: str, config_dir: Path = CONFIG_DIR) -> DeviceConfi
         known = ", ".join(available_devices(config_dir)) or "none"
         raise UserError(f"Unknown device '{name_or_path}': no file {path}. Known device classes: "
                         f"{known}. Add a YAML file to {config_dir} to define a new one.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err}). Fix the file's syntax.") from None
+    raw = read_yaml(path, "device class")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of keys at the top level.")
     return _parse(raw, path)

@@ -13,6 +13,8 @@ from pipeline.artifact.tuning_logs import check_target, count_records, open_data
 from pipeline.base.devices import DeviceConfig
 from pipeline.compile.lowering import apply_database
 
+REDUCTION = 2  # tvm.tirx.IterVar.CommReduce
+
 
 @dataclass(frozen=True)
 class BuiltLibrary:
@@ -49,7 +51,7 @@ def build_library(lowered, device: DeviceConfig, log_folder: Path | None,
 
 def matmul_operands(mod) -> dict[str, tuple[str, str]]:
     """For each convolution or matmul kernel `main` calls: the dtypes of the data and weights
-    it is called with. Fused kernels are named after the Relax ops they hold."""
+    it is called with (its first two arguments)."""
     import tvm
     from tvm import relax
 
@@ -59,11 +61,32 @@ def matmul_operands(mod) -> dict[str, tuple[str, str]]:
     def visit(expr) -> None:
         if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
             name = expr.args[0].name_hint
-            if "conv2d" in name or "matmul" in name:
+            if _contracts(mod[name]):
                 found[name] = tuple(str(arg.ty.dtype) for arg in list(expr.args[1].fields)[:2])
 
     relax.analysis.post_order_visit(mod["main"], visit)
     return found
+
+
+def _contracts(kernel) -> bool:
+    """Whether a TIR kernel sums products of two inputs, as a convolution or a matmul does (a
+    reduction block that reads two buffers besides its output), unlike a pooling or a mean."""
+    from tvm import s_tir
+
+    schedule = s_tir.Schedule(kernel)
+
+    def blocks(parent):
+        for child in schedule.get_child_blocks(parent):
+            yield child
+            yield from blocks(child)
+
+    for handle in blocks(schedule.get_sblock("root")):
+        block = schedule.get(handle)
+        if any(int(var.iter_type) == REDUCTION for var in block.iter_vars):
+            written = {str(region.source.name) for region in block.writes}
+            if len({str(region.source.name) for region in block.reads} - written) >= 2:
+                return True
+    return False
 
 
 def _called_kernels(mod) -> list:
@@ -81,8 +104,9 @@ def _called_kernels(mod) -> list:
 def _export(executable, out_path: Path, compiler: str) -> None:
     """Link to a temporary name in the same folder, then rename: never a half-written library.
 
-    Linked with `-s`: LLVM's debug sections are ~15% of an int8 library and nothing on a board
-    reads them; the runtime finds its entry points in the dynamic symbol table, which stays."""
+    Linked with `-s`: LLVM's debug sections are a good part of an int8 library and nothing on a
+    board reads them; the runtime finds its entry points in the dynamic symbol table, which
+    stays."""
     from tvm.support import cc
 
     tmp = out_path.with_name(f".{out_path.name}.partial")

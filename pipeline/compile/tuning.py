@@ -42,7 +42,7 @@ class TuneResult:
 
 def build_candidate(mod, target, _params):
     """MetaSchedule builder build function: MetaSchedule's default minus its import of
-    tvm.s_tir.tensor_intrin, which takes ~35 s (it parses CUDA/ROCm/Hexagon intrinsics) in
+    tvm.s_tir.tensor_intrin, which takes tens of seconds (it parses every GPU intrinsic) in
     every fresh builder process, i.e. once per batch: the candidates arrive already scheduled
     (tensorized blocks included), so building them needs no registered intrinsic."""
     from tvm.driver import build as tvm_build
@@ -110,7 +110,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir),
             max_trials_global=remaining, max_trials_per_task=per_task,
-            # Each batch costs ~12 s of evolutionary search whatever its size: 32 amortizes that
+            # Each batch costs seconds of evolutionary search whatever its size: 32 amortizes that
             # and still gives every task a second, cost-model-guided batch within 64 trials.
             num_trials_per_iter=min(32, per_task),
             builder=ms.builder.LocalBuilder(
@@ -203,7 +203,7 @@ def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated
     if emulated:  # emulated timings are meaningless: one run each, only to prove it runs
         evaluator = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0)
         # A candidate takes seconds under qemu, but now and then a session forked by the
-        # board's multi-threaded server hangs (seen once in ~10 runs): it is abandoned after
+        # board's multi-threaded server hangs: it is abandoned after
         # this long and counted as a failed trial, and the board serves the next one.
         timeout = 120
     else:

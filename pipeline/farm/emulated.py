@@ -1,11 +1,11 @@
 """Emulated aarch64 boards: TVM's real RPC server on an arm64 Debian root filesystem, run by
 qemu-user on this x86 machine.
 
-Set up once with `python -m rpc.emulated setup` (~1 min; needs the Debian packages
+Set up once with `python -m rpc.emulated setup` (needs the Debian packages
 qemu-user-static and mmdebstrap, and root the first time to register qemu with binfmt_misc).
 Nothing is emulated while setting up: mmdebstrap only unpacks the arm64 packages and the host's
 pip fetches the aarch64 wheels. An emulated board computes the right results, but its timings
-are 10-100x off a real board's and rank schedules differently: they are never reported as
+are far off a real board's and rank schedules differently: they are never reported as
 performance."""
 
 from __future__ import annotations

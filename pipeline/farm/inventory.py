@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from pipeline.base.devices import DeviceConfig, load_device
 from pipeline.base.errors import UserError
+from pipeline.base.files import read_yaml
 
 DEFAULT_TRACKER_PORT = 9190
 DEFAULT_RPC_PORT = 9090
@@ -108,11 +107,7 @@ def load_inventory(path: Path) -> Inventory:
     if not path.is_file():
         raise UserError(f"Inventory {path} does not exist. Write one (see the README: setting up "
                         f"a farm) or pass --inventory FILE.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err}). Fix the file's syntax.") from None
-    return parse_inventory(raw, path)
+    return parse_inventory(read_yaml(path, "inventory"), path)
 
 
 def parse_inventory(raw: Any, path: Path | None = None) -> Inventory:

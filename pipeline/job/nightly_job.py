@@ -16,14 +16,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from pipeline.artifact.manifest import LIB_NAME, LOGS_DIRNAME, MANIFEST_NAME, read_manifest
 from pipeline.artifact.store import unpack
 from pipeline.artifact.tuning_logs import log_dir, measured_in_order
 from pipeline.base.devices import load_device
 from pipeline.base.errors import UserError
-from pipeline.base.files import atomic_write
+from pipeline.base.files import atomic_write, read_yaml
 from pipeline.base.paths import BUILD_ROOT, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey, Variant
 from pipeline.farm.local import farm_for
@@ -47,10 +45,7 @@ class Matrix:
 
 def load_matrix(path: Path) -> Matrix:
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"Cannot read the nightly matrix {path} ({err}).") from None
+    raw = read_yaml(path, "nightly matrix")
     if not isinstance(raw, dict) or set(raw) - {"entries", "regression_threshold"}:
         raise UserError(f"{where}: expected keys 'entries' and optionally "
                         f"'regression_threshold'.")

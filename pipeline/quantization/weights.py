@@ -20,13 +20,13 @@ def weight_noise(weight: np.ndarray, per_channel_axis: int) -> float:
 def quantize_weight(weight: np.ndarray, axis: int, offsets: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric int8: (scale broadcastable to `weight`, int8 values): nearest
-    rounding plus `offsets` (the calibration's compensated rounding, pipeline.rounding).
+    rounding plus `offsets` (the calibration's compensated rounding,
+    pipeline.quantization.rounding).
 
     Without offsets, depthwise filters (OIHW with one input channel) are rounded so that each
     one's integers sum to its rounded sum: such a filter sees one channel of mostly positive
-    ReLU outputs, so its response to that channel's local mean must survive rounding. On
-    EfficientNet-Lite0 this lifts the logits' SQNR with only depthwise weights quantized from
-    25 to 31 dB (measured in a fake-quantized PyTorch copy)."""
+    ReLU outputs, so its response to that channel's local mean must survive rounding (the
+    README's quantization section has the figures)."""
     scale = weight_scale(weight, axis)
     rounded = nearest(weight, scale)
     if offsets is not None:
@@ -72,8 +72,7 @@ def _round_preserving_sums(exact: np.ndarray, rounded: np.ndarray) -> np.ndarray
 
 def rank_by_noise(mod, plan: Int8Plan) -> list[str]:
     """Layer names in the order the accuracy fallback keeps them in float: first the layers
-    that read the model's input (their rounding of the raw input reaches every later layer; on
-    EfficientNet-Lite0 keeping conv2d_0 alone in float lifts the logits' SQNR from 16 to 20 dB),
+    that read the model's input (their rounding of the raw input reaches every later layer),
     then the noisiest: relative error power of the input's quantization plus the weights'."""
     layers, calls, tensors = quantizable_layers(mod["main"])
     params = list(mod["main"].params)

@@ -37,7 +37,7 @@ def register_intrinsic() -> None:
 
 def _intrinsic_functions():
     # Defined here, not imported from tvm.s_tir.tensor_intrin: importing that package parses
-    # every GPU intrinsic (~35 s), in each builder process.
+    # every GPU intrinsic (tens of seconds), in each builder process.
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
