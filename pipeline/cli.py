@@ -7,6 +7,7 @@ Entry points parse their arguments into typed values and call one job; nothing i
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -44,7 +45,8 @@ class _HumanFormat(logging.Formatter):
 def run_main(body: Callable[[], int], verbose: bool = False,
              interrupted: str = "interrupted") -> int:
     """Run a command body: progress and diagnostics on stderr through logging, a `UserError`
-    as one paragraph and exit 2, Ctrl-C as exit 130, `HardExit` leaves at once."""
+    (or an OS error at a path) as one paragraph and exit 2, Ctrl-C as exit 130, `HardExit`
+    leaves at once."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_HumanFormat("%(message)s"))
     loggers = [logging.getLogger("pipeline")]
@@ -63,6 +65,13 @@ def run_main(body: Callable[[], int], verbose: bool = False,
     except KeyboardInterrupt:
         print(f"\n{interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as err:  # at a path the user gave, or a full disk: theirs to fix
+        if err.filename is None and err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}. Check the path, its permissions and the "
+              f"free space, then run again.", file=sys.stderr)
+        return EXIT_USER_ERROR
     except HardExit as leave:
         sys.stdout.flush()
         sys.stderr.flush()

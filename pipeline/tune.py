@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.base.devices import MAX_COUNT
 from pipeline.cli import add_model_arguments, add_quantize_arguments, build_main
 
 
 def _trials(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"--trials '{text}' must be a whole number >= 0")
+    if not text.isdigit() or int(text) > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"--trials '{text}' must be a whole number from 0 to "
+                                         f"{MAX_COUNT}")
     return int(text)
 
 

@@ -13,6 +13,7 @@ from pipeline.artifact.tuning_logs import (
     check_target,
     count_records,
     log_dir,
+    open_database,
     repair,
 )
 from pipeline.base.errors import UserError
@@ -179,3 +180,79 @@ def test_rebuild_names_changed_model_weights(host_device, host_farm, tmp_path):
     report = rebuild(result.artifact)
     assert not report.identical
     assert len(report.differences) == 1 and "weights or file changed" in report.differences[0]
+
+
+def _copy_logs(tuned, tmp_path):
+    import shutil
+
+    folder = tmp_path / "logs"
+    shutil.copytree(next(tuned[0].glob("host/*")), folder)
+    return folder
+
+
+def test_a_torn_workload_line_renumbers_nothing(tuned, tmp_path):
+    """Records point to workloads by line number: a damaged workload in the middle keeps its
+    place (a placeholder), the records that point to it are set aside, every other record still
+    points to its own workload, and the next workload MetaSchedule appends lands on the next
+    line (its index is the number of distinct workloads it loaded)."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = _copy_logs(tuned, tmp_path)
+    workloads = (folder / WORKLOADS).read_text().splitlines()
+    records = (folder / RECORDS).read_text().splitlines()
+    victim = len(workloads) // 2
+    extra = json.loads(records[0])
+    extra[0] = victim  # a record of the workload about to be damaged
+    (folder / RECORDS).write_text("\n".join([*records, json.dumps(extra)]) + "\n")
+    torn = workloads[:]
+    torn[victim] = torn[victim][: len(torn[victim]) // 3]
+    (folder / WORKLOADS).write_text("\n".join(torn) + "\n")
+
+    report = repair(folder)
+    assert len(report.dropped) == 2, report.dropped
+    assert f"{WORKLOADS}:{victim + 1}" in report.dropped[0]
+    assert "replaced by a placeholder" in report.dropped[0]
+    assert f"points to workload {victim}, which was damaged" in report.dropped[1]
+    repaired = (folder / WORKLOADS).read_text().splitlines()
+    assert len(repaired) == len(workloads)
+    assert [w for i, w in enumerate(repaired) if i != victim] == \
+        [w for i, w in enumerate(workloads) if i != victim]
+    assert (folder / RECORDS).read_text().splitlines() == records
+
+    database = open_database(folder)
+    assert len(database) == len(records)
+    out = te.compute((1,), lambda _: tvm.tirx.const(-1, "int32"), name="fresh")
+    fresh = tvm.IRModule({"main": te.create_prim_func([out])})
+    database.commit_tuning_record(ms.database.TuningRecord(
+        tvm.s_tir.Schedule(fresh).trace, database.commit_workload(fresh), [1e-3],
+        tvm.target.Target("llvm")))
+    assert len((folder / WORKLOADS).read_text().splitlines()) == len(workloads) + 1
+    assert json.loads((folder / RECORDS).read_text().splitlines()[-1])[0] == len(workloads)
+
+
+@pytest.mark.parametrize("bad_line, why", [
+    (b"[]", "not a tuning record"),
+    (b'{"a": 1}', "not a tuning record"),
+    (b'[99, [[], [0.001], {"kind": "llvm"}, []]]', "points to workload 99"),
+    (b"\xff\xfe not text", "not UTF-8"),
+])
+def test_malformed_record_lines_are_set_aside_by_name(tuned, tmp_path, bad_line, why):
+    folder = _copy_logs(tuned, tmp_path)
+    good = (folder / RECORDS).read_bytes()
+    (folder / RECORDS).write_bytes(good + bad_line + b"\n")
+    report = repair(folder)
+    assert len(report.dropped) == 1 and why in report.dropped[0], report.dropped
+    assert (folder / RECORDS).read_bytes() == good
+    assert bad_line in (folder / (RECORDS + ".rejected")).read_bytes()
+    assert len(open_database(folder)) == count_records(folder)
+
+
+def test_a_last_line_without_its_newline_gets_one(tuned, tmp_path):
+    """Otherwise the next append would glue two records into one unreadable line."""
+    folder = _copy_logs(tuned, tmp_path)
+    good = (folder / RECORDS).read_bytes()
+    (folder / RECORDS).write_bytes(good.rstrip(b"\n"))
+    assert repair(folder).dropped == ()
+    assert (folder / RECORDS).read_bytes() == good

@@ -6,14 +6,17 @@ and renamed into place: an artifact is either complete or absent."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.base.errors import UserError
 from pipeline.base.files import sha256_file
-from pipeline.base.variant import Variant
+from pipeline.base.variant import ArtifactKey, Variant
 
 SCHEMA = "edge-tvm-pipeline/artifact"
 
@@ -126,51 +129,85 @@ class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def key(self) -> ArtifactKey:
+        return ArtifactKey(self.device.name, self.model.name, self.variant)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True,
                           default=lambda value: value.value) + "\n"  # enums by their names
 
     @staticmethod
-    def from_dict(raw: dict[str, Any], where: str = "manifest") -> Manifest:
+    def from_dict(raw: Any, where: str = "manifest") -> Manifest:
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: a manifest is a JSON object, not {type(raw).__name__}; "
+                            f"the artifact is damaged.")
         if raw.get("schema") != SCHEMA or raw.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"{where}: schema {raw.get('schema')} v{raw.get('schema_version')} is "
                             f"not {SCHEMA} v{SCHEMA_VERSION}; rebuild the artifact with this "
                             f"version of the pipeline.")
-        return _build(Manifest, raw, where)
+        manifest = _build(Manifest, raw, where)
+        manifest.key  # noqa: B018 - the names that become paths must be plain names
+        outside = [path for path in manifest.files if not _plain_relative(path)]
+        if outside or LIB_NAME not in manifest.files:
+            raise UserError(f"{where}: files must list {LIB_NAME} and the artifact's other files "
+                            f"by relative path inside it ({outside or 'no ' + LIB_NAME}). The "
+                            f"manifest is damaged.")
+        return manifest
 
 
-_NESTED = {"model": ModelInfo, "device": DeviceInfo, "tuning": TuningInfo,
-           "verification": Verification, "input": TensorSpec, "output": TensorSpec,
-           "quantization": Quantization, "accuracy": Accuracy, "calibration": DataInfo,
-           "eval_data": DataInfo}
-
-
-_TUPLES = frozenset({"shape", "float_layers", "fallback_layers"})
-
-
-def _build(cls, raw: dict[str, Any], where: str):
+def _build(cls, raw: Any, where: str):
+    """`cls` from JSON, every field checked against its annotation: a manifest is data from
+    outside until proven otherwise, and a wrong type is named here, not as a crash later."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: {cls.__name__} must be an object, not {type(raw).__name__}.")
     names = {f.name for f in fields(cls)}
     unknown = set(raw) - names
     if unknown:
         raise UserError(f"{where}: unknown keys {sorted(unknown)} in {cls.__name__}.")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name not in raw:
             if f.default is MISSING and f.default_factory is MISSING:
                 raise UserError(f"{where}: missing key '{f.name}' in {cls.__name__}.")
             continue
-        value = raw[f.name]
-        if f.name in _NESTED and isinstance(value, dict):
-            value = _build(_NESTED[f.name], value, where)
-        elif f.name == "variant":
-            value = Variant.parse(str(value), f"{where}: variant")
-        elif f.name in _TUPLES and isinstance(value, list):
-            value = tuple(value)
-        kwargs[f.name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise UserError(f"{where}: {cls.__name__} is incomplete ({err}).") from None
+        kwargs[f.name] = _decode(raw[f.name], hints[f.name], f"{where}: {cls.__name__}.{f.name}")
+    return cls(**kwargs)
+
+
+def _decode(value: Any, kind: Any, where: str) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _decode(value, inner, where)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, where)
+    if kind is Variant:
+        return Variant.parse(str(value), where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list.")
+        return tuple(_decode(item, args[0], where) for item in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be an object.")
+        return {str(k): _decode(v, args[1], where) for k, v in value.items()}
+    accepted = (int, float) if kind is float else kind
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
+        raise UserError(f"{where} must be {kind.__name__}, not {type(value).__name__} "
+                        f"({value!r:.40}); the manifest is damaged.")
+    return float(value) if kind is float else value
+
+
+def _plain_relative(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not path.startswith("/") and "\\" not in path and all(
+        part not in ("..", ".") for part in parts)
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -4,6 +4,8 @@ reproducible .tar.gz; unpacking checks every member before writing anything."""
 from __future__ import annotations
 
 import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.artifact.manifest import (
@@ -17,19 +19,39 @@ from pipeline.artifact.manifest import (
 )
 from pipeline.artifact.tuning_logs import LOG_FILES
 from pipeline.base.errors import UserError
-from pipeline.base.files import sha256_file
+from pipeline.base.files import require_writable_folder, sha256_file
+from pipeline.base.variant import ArtifactKey
+
+
+def check_destination(dest: Path, key: ArtifactKey) -> None:
+    """Refuse, before any work, an artifact destination that is not the pipeline's to replace:
+    anything but a folder that is empty, absent, or holds an artifact of the same key."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise UserError(f"{dest} exists and is not a folder; the artifact would replace it. "
+                        f"Give --out a new folder.")
+    if dest.is_dir() and any(dest.iterdir()):
+        try:
+            found = read_manifest(dest).key
+        except UserError:
+            found = None
+        if found != key:
+            what = f"an artifact of {found.id}" if found else "files that are not an artifact"
+            raise UserError(f"{dest} holds {what}; the pipeline replaces only an earlier "
+                            f"artifact of {key.id}. Give --out another folder, or move that "
+                            f"one aside yourself.")
+    require_writable_folder(dest.parent, "artifact")
 
 
 def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
                    manifest_without_files: Manifest, extras: dict[str, str] | None = None
                    ) -> Manifest:
     """Assemble lib, logs, `extras` (file name -> text) and manifest in a temporary sibling of
-    `dest`, then swap it in."""
-    dest = dest.resolve()
+    `dest`, then swap it in (replacing only an earlier artifact of the same key)."""
+    dest = dest.absolute()
+    check_destination(dest, manifest_without_files.key)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.with_name(f".{dest.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    old = staging.with_name(staging.name.replace(".staging-", ".old-"))
     try:
         shutil.copy2(lib, staging / LIB_NAME)
         files = {LIB_NAME: sha256_file(staging / LIB_NAME)}
@@ -42,12 +64,10 @@ def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
                 if (log_folder / name).exists():
                     shutil.copy2(log_folder / name, staging / LOGS_DIRNAME / name)
                     files[f"{LOGS_DIRNAME}/{name}"] = sha256_file(staging / LOGS_DIRNAME / name)
-        manifest = _replace(manifest_without_files, files=files)
+        manifest = replace(manifest_without_files, files=files)
         tmp_manifest = staging / (MANIFEST_NAME + ".tmp")
         tmp_manifest.write_text(manifest.to_json())
         tmp_manifest.replace(staging / MANIFEST_NAME)
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
         if dest.exists():
             dest.replace(old)
         staging.replace(dest)
@@ -55,6 +75,8 @@ def write_artifact(dest: Path, lib: Path, log_folder: Path | None,
         return manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not dest.exists():
+            old.replace(dest)  # the earlier artifact stays where it was
         raise
 
 
@@ -124,7 +146,3 @@ def unpack(tarball: Path, dest: Path) -> Manifest:
     return manifest
 
 
-def _replace(manifest: Manifest, **changes) -> Manifest:
-    from dataclasses import replace
-
-    return replace(manifest, **changes)

@@ -8,19 +8,22 @@ another target, which the database itself would happily apply."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from dataclasses import dataclass
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.artifact.log_repair import RECORDS, WORKLOADS, RepairReport, repair
 from pipeline.base.devices import TARGET_KEYS, DeviceConfig, runs_target
 from pipeline.base.errors import UserError
-from pipeline.base.files import atomic_write, sha256_file
+from pipeline.base.files import sha256_file
 from pipeline.base.paths import TUNING_LOGS
 from pipeline.base.variant import ArtifactKey
 
-WORKLOADS = "database_workload.json"
-RECORDS = "database_tuning_record.json"
 LOG_FILES = (WORKLOADS, RECORDS)
+LOCK_NAME = ".lock"
 
 
 def log_dir(key: ArtifactKey, root: Path = TUNING_LOGS) -> Path:
@@ -44,33 +47,28 @@ def open_database(folder: Path):
                         f"again, or restore it from version control.") from None
 
 
-@dataclass(frozen=True)
-class RepairReport:
-    dropped: tuple[str, ...]  # "file:line: why" for each line moved aside
-
-
-def repair(folder: Path) -> RepairReport:
-    """Move unparsable lines of both files to *.rejected so the rest still loads."""
-    dropped: list[str] = []
-    for name in LOG_FILES:
-        path = folder / name
-        if not path.exists():
-            continue
-        good, bad = [], []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                json.loads(line)
-                good.append(line)
-            except json.JSONDecodeError as err:
-                bad.append(line)
-                dropped.append(f"{path}:{number}: {err.msg}")
-        if bad:
-            with open(folder / (name + ".rejected"), "a") as rejected:
-                rejected.write("\n".join(bad) + "\n")
-            atomic_write(path, "".join(line + "\n" for line in good))
-    return RepairReport(tuple(dropped))
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold the folder's tuning lock for the block: one tuner appends to a folder at a time (two
+    would tune the same tasks and duplicate workloads). Released when the process dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{holder} is tuning into {folder}. Wait for it to finish (its "
+                            f"records count for this run too), or tune into another --logs "
+                            f"folder.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pipeline.tune (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def snapshot(folder: Path, dest: Path) -> RepairReport:
@@ -87,7 +85,7 @@ def count_records(folder: Path) -> int:
     path = folder / RECORDS
     if not path.exists():
         return 0
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
+    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
 
 
 def _record_lines(folder: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pipeline.base.errors import UserError
-from pipeline.base.files import read_yaml
+from pipeline.base.files import plain_name, read_yaml
 from pipeline.base.paths import DEVICE_CONFIGS
 
 CONFIG_DIR = DEVICE_CONFIGS
@@ -95,6 +95,15 @@ class DeviceConfig:
         return compiler
 
 
+def device_class(name: str) -> DeviceConfig:
+    """A shipped device class by its name only, never a path: for names read from artifacts
+    and inventories, which must not point the pipeline at a file of their choosing."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        raise UserError(f"Device class {name!r} is a file name; a class is named by its name "
+                        f"(one of {', '.join(available_devices())}).")
+    return load_device(name)
+
+
 def available_devices(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in config_dir.glob("*.yaml"))
 
@@ -103,7 +112,7 @@ def load_device(name_or_path: str, config_dir: Path = CONFIG_DIR) -> DeviceConfi
     """Load a device class by name (device_configs/NAME.yaml) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = config_dir / f"{name_or_path}.yaml"
+        path = config_dir / f"{plain_name(name_or_path, 'device class')}.yaml"
     if not path.is_file():
         known = ", ".join(available_devices(config_dir)) or "none"
         raise UserError(f"Unknown device '{name_or_path}': no file {path}. Known device classes: "
@@ -129,27 +138,43 @@ def _parse(raw: dict[str, Any], path: Path) -> DeviceConfig:
     if not isinstance(tuning_raw, dict):
         raise fail("tuning", "must be a mapping with trials and trials_per_task")
     _reject_unknown(tuning_raw, _TUNING_KEYS, "tuning.", fail)
-    try:
-        tuning = Tuning(int(tuning_raw.get("trials", 0)),
-                        int(tuning_raw.get("trials_per_task", 64)))
-    except (TypeError, ValueError) as err:
-        raise fail("tuning", f"is invalid: {err}") from None
+    tuning = Tuning(_count(tuning_raw.get("trials", 0), "tuning.trials", fail, minimum=0),
+                    _count(tuning_raw.get("trials_per_task", 64), "tuning.trials_per_task",
+                           fail))
     caps = raw.get("capabilities", [])
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise fail("capabilities", f"must be a list of names from {sorted(CAPABILITIES)}")
     unknown_caps = set(caps) - CAPABILITIES
     if unknown_caps:
         raise fail("capabilities", f"has unknown entries {sorted(unknown_caps)}; known: "
                                    f"{sorted(CAPABILITIES)}")
     cores = raw["cores"]
-    if cores == "detect":
-        cores = os.cpu_count() or 1
-    if not isinstance(cores, int) or cores < 1:
-        raise fail("cores", "must be a positive integer or 'detect'")
+    cores = (os.cpu_count() or 1) if cores == "detect" else _count(cores, "cores", fail)
     target.setdefault("num-cores", cores)
+    for key in ("description", "cross_compiler", "emulated_cpu"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise fail(key, "must be a string")
     return DeviceConfig(
         name=raw["name"], description=str(raw.get("description", "")), target=target,
-        cross_compiler=raw.get("cross_compiler"), rpc_key=str(raw["rpc_key"]), cores=cores,
-        capabilities=frozenset(caps), tuning=tuning, source=path,
+        cross_compiler=raw.get("cross_compiler"), rpc_key=_string(raw["rpc_key"], "rpc_key", fail),
+        cores=cores, capabilities=frozenset(caps), tuning=tuning, source=path,
         emulated_cpu=raw.get("emulated_cpu"), detected=raw["target"] == "detect")
+
+
+MAX_COUNT = 10_000_000  # beyond any budget or core count, and within MetaSchedule's int32
+
+
+def _count(value: Any, key: str, fail, minimum: int = 1) -> int:
+    """A whole number (YAML's `true` and `3.9` are not) in [minimum, MAX_COUNT]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
+        raise fail(key, f"must be a whole number from {minimum} to {MAX_COUNT}, not {value!r}")
+    return value
+
+
+def _string(value: Any, key: str, fail) -> str:
+    if not isinstance(value, str) or not value:
+        raise fail(key, "must be a non-empty string")
+    return value
 
 
 def _reject_unknown(raw: dict, known: frozenset[str], prefix: str, fail) -> None:
@@ -170,6 +195,12 @@ def _parse_target(raw: Any, fail) -> dict[str, Any]:
     for key in ("mtriple", "mcpu"):
         if not isinstance(raw.get(key), str):
             raise fail(f"target.{key}", "is missing")
+    mattr = raw.get("mattr", [])
+    if not isinstance(mattr, list) or not all(isinstance(a, str) and a[:1] in "+-" and a[1:]
+                                              for a in mattr):
+        raise fail("target.mattr", "must be a list of LLVM features like ['+neon']")
+    if "num-cores" in raw:
+        _count(raw["num-cores"], "target.num-cores", fail)
     from tvm.target import codegen
 
     if not codegen.llvm_is_valid_cpu(raw["mcpu"], raw["mtriple"]):

@@ -4,6 +4,7 @@ errors that name the file."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def plain_name(text: str, what: str) -> str:
+    """`text` if it can be one segment of a path: not empty, no separator, not hidden or a
+    parent. Names from configs and manifests become paths; `../..` must not."""
+    if (not isinstance(text, str) or not text or text.startswith(".") or "/" in text
+            or "\\" in text or "\0" in text):
+        raise UserError(f"{what} {text!r} is not a plain name (letters, digits, '-', '_', '.'; "
+                        f"no '/', not starting with '.'): it would name a path.")
+    return text
+
+
+def require_writable_folder(folder: Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written: one under a regular
+    file, or in a folder this user may not write."""
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"The {what} folder {folder} cannot be made: {existing} is not a folder. "
+                        f"Choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"The {what} folder {folder} cannot be written: {existing} is not "
+                        f"writable by this user. Choose another path or fix its permissions.")
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write to a temporary sibling, then rename: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.base.errors import UserError
+from pipeline.base.files import plain_name
 
 
 class Variant(enum.Enum):
@@ -60,6 +61,10 @@ class ArtifactKey:
     device: str
     model: str
     variant: Variant
+
+    def __post_init__(self) -> None:
+        plain_name(self.device, "device class")
+        plain_name(self.model, "model name")
 
     @property
     def id(self) -> str:

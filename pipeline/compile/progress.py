@@ -6,8 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
+
+from pipeline.artifact.tuning_logs import count_records
 
 log = logging.getLogger(__name__)
+STOP_TUNING = "edge-tvm-pipeline: tuning stopped on request"
 
 
 def _duration(seconds: float) -> str:
@@ -17,13 +21,16 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Trials done/total, best latency per task, estimated model latency, ETA."""
 
-    def __init__(self, tasks, before: int, total: int, emulated: bool = False):
+    def __init__(self, tasks, before: int, total: int, folder: Path | None = None,
+                 emulated: bool = False):
         self.names = [t.task_name for t in tasks]
         self.emulated = emulated  # timings from qemu: ranks candidates roughly, not performance
         self.weights = {t.task_name: t.weight for t in tasks}
         self.best: dict[str, float] = {}
         self.before, self.total = before, total
+        self.folder = folder  # the logs every measured trial must reach
         self.measured = 0
+        self.unsaved = 0  # measured trials the logs do not hold (a full disk fails silently)
         self.started = time.monotonic()
         self.stop_requested = False
 
@@ -50,8 +57,15 @@ class Progress:
         best_text = _duration(best) if best is not None else "none valid yet"
         if self.emulated:
             best_text, est = f"{best_text} (emulated)", f"{est} (emulated, not a real figure)"
-        log.info(f"[{done}/{self.total} trials] {task_name}: best {best_text} | model est. {est} | "
-              f"elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+        log.info(f"[{done}/{self.total} trials] {task_name}: best {best_text} | model est. "
+                 f"{est} | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+
+    def check_saved(self) -> None:
+        """MetaSchedule's JSON database ignores a failed append (a full disk): compare what
+        reached the logs with what was measured, and ask to stop if anything is missing."""
+        if self.folder is not None:
+            self.unsaved = max(self.before + self.measured - count_records(self.folder), 0)
+            self.stop_requested |= self.unsaved > 0
 
     def callback(self):
         from tvm.ir.utils import derived_object
@@ -68,9 +82,12 @@ class Progress:
                     secs = [float(s) for s in result.run_secs] if result.run_secs else []
                     progress.record(name, [] if result.error_msg else secs)
                 progress.report(name)
+                progress.check_saved()
                 if progress.stop_requested:
-                    for other in range(len(task_scheduler.tasks_)):
-                        if not task_scheduler.tasks_[other].is_terminated:
-                            task_scheduler.terminate_task(other)
+                    # Raised through MetaSchedule's loop, which unwinds cleanly; the batch's
+                    # records are saved by the callbacks before this one. (Terminating tasks
+                    # from here instead fails TVM's check when the task being joined is
+                    # terminated twice.)
+                    raise RuntimeError(STOP_TUNING)
 
         return ProgressCallback()

@@ -11,17 +11,25 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifact.tuning_logs import check_target, count_records, open_database, repair
+from pipeline.artifact.tuning_logs import (
+    check_target,
+    count_records,
+    exclusive,
+    open_database,
+    repair,
+)
 from pipeline.base.devices import DeviceConfig
+from pipeline.base.errors import UserError
 from pipeline.base.paths import BUILD_ROOT
 from pipeline.compile.extensions import extensions_for
-from pipeline.compile.progress import Progress
+from pipeline.compile.progress import STOP_TUNING, Progress
 from pipeline.farm.boards import board_info
 from pipeline.farm.tracker import TrackerAddress, wait_for_boards
 
@@ -52,12 +60,12 @@ def build_candidate(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
-def export_shared(mod, compiler: str) -> str:
+def export_shared(mod, compiler: str, scratch: str) -> str:
     """MetaSchedule builder export: link a .so on the host with the class's (cross) compiler,
-    because boards have no compiler of their own."""
+    because boards have no compiler of their own. Under `scratch`, which the run removes."""
     from tvm.support import cc
 
-    path = os.path.join(tempfile.mkdtemp(prefix="ms-"), "candidate.so")
+    path = os.path.join(tempfile.mkdtemp(prefix="candidate-", dir=scratch), "candidate.so")
     mod.export_library(path, fcompile=cc.create_shared, cc=compiler)
     return path
 
@@ -65,10 +73,16 @@ def export_shared(mod, compiler: str) -> str:
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
          tracker: TrackerAddress) -> TuneResult:
     """Tune the kernels of `lowered_mod` (pipeline.compile.lowering) on boards of `device`
-    until the logs in `folder` hold `trials` records, appending each as it is measured."""
+    until the logs in `folder` hold `trials` records, appending each as it is measured. One
+    tuner at a time per folder: a second one is refused while the first holds the lock."""
+    with exclusive(folder):
+        return _tune_locked(lowered_mod, device, folder, trials, tracker)
+
+
+def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
+                 tracker: TrackerAddress) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
 
-    folder.mkdir(parents=True, exist_ok=True)
     for line in repair(folder).dropped:
         log.warning(f"moved a corrupt tuning record aside: {line}")
     check_target(folder, device.target, device.name)
@@ -86,7 +100,7 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
                   key=lambda t: (done[t.task_name] > 0,
                                  -t.weight * (history[t.task_name][1] or 0.0)))
     remaining = trials - before
-    progress = Progress(extracted, before, trials)
+    progress = Progress(extracted, before, trials, folder)
     progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
     if remaining <= 0 or not todo:
         estimate = progress.estimate_ms()
@@ -102,11 +116,16 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
              f"board(s) via {tracker}: {remaining} more trials (budget {trials}, {before} in the "
              f"logs)")
     work_dir = WORK_ROOT / folder.parent.name / folder.name
-    work_dir.mkdir(parents=True, exist_ok=True)
+    # Candidate libraries of this run; a run killed outright leaves them to the next one.
+    candidates = work_dir / "candidates"
+    shutil.rmtree(candidates, ignore_errors=True)
+    candidates.mkdir(parents=True)
     extensions = extensions_for(device.tvm_target())
     extensions.register_intrinsics()  # the space generator tensorizes with them
-    contexts, weights = _tune_contexts(todo, extensions.space_generator(), seed=0)
-    with _graceful_ctrl_c(progress):
+    # Seeded by the records already there: a resumed run explores other candidates than the
+    # run before it, and the same logs resume the same way.
+    contexts, weights = _tune_contexts(todo, extensions.space_generator(), seed=before)
+    with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress):
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir),
             max_trials_global=remaining, max_trials_per_task=per_task,
@@ -115,7 +134,8 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
             num_trials_per_iter=min(32, per_task),
             builder=ms.builder.LocalBuilder(
                 f_build=build_candidate,
-                f_export=functools.partial(export_shared, compiler=device.compiler()),
+                f_export=functools.partial(export_shared, compiler=device.compiler(),
+                                           scratch=str(candidates)),
                 timeout_sec=120 if emulated else 30),
             runner=_runner(device, tracker, boards, emulated),
             database=database, cost_model="xgb",
@@ -127,6 +147,10 @@ def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                progress.callback()],
         )
+    if progress.unsaved:
+        raise UserError(f"{progress.unsaved} measured trials did not reach {folder} (is the disk "
+                        f"full?); tuning stopped. The logs hold every record counted there. "
+                        f"Free some space and run the same command again to resume.")
     interrupted = progress.stop_requested
     if interrupted:
         log.info("interrupted: every measured trial is in the logs; run the same command again "
@@ -141,12 +165,13 @@ def _graceful_ctrl_c(progress: Progress):
 
     A KeyboardInterrupt raised inside MetaSchedule's C++ loop (through its Python callbacks)
     crashes the process, so the first Ctrl-C only sets a flag that the measure callback acts
-    on by terminating every task; the scheduler then joins what is running and returns."""
+    on once the batch in flight is recorded."""
     def on_sigint(signum, frame):
         progress.stop_requested = True
-        log.info("\nCtrl-C: stopping after the batch in flight is recorded (Ctrl-C again to abort "
-              "at once)")
+        log.info("\nCtrl-C: stopping after the batch in flight is recorded (Ctrl-C again to "
+                 "abort at once)")
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -159,6 +184,24 @@ def _graceful_ctrl_c(progress: Progress):
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+@contextlib.contextmanager
+def _stopped_by(progress: Progress):
+    """The measure callback stops tuning by raising STOP_TUNING through MetaSchedule's loop."""
+    try:
+        yield
+    except RuntimeError as err:
+        if STOP_TUNING not in str(err) or not progress.stop_requested:
+            raise
+
+
+@contextlib.contextmanager
+def _removed_after(folder: Path):
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 TASK_LOGGER = "tvm.s_tir.meta_schedule.tasks"

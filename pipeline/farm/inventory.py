@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.base.devices import DeviceConfig, load_device
+from pipeline.base.devices import DeviceConfig, device_class
 from pipeline.base.errors import UserError
-from pipeline.base.files import read_yaml
+from pipeline.base.files import plain_name, read_yaml
 
 DEFAULT_TRACKER_PORT = 9190
 DEFAULT_RPC_PORT = 9090
@@ -66,7 +66,7 @@ class SshAccess:
     port: int = 22
     workdir: str = "edge-tvm-board"  # relative to the login directory, or absolute
     known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
-    bind: str = "0.0.0.0"  # address the board's RPC server listens on
+    bind: str = ""  # address the board's RPC server listens on (inventory default: host)
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,8 @@ def _board(raw: Any, index: int, fail) -> Board:
     for key in ("name", "class"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise fail(f"{entry}.{key}", "is missing")
-    device = load_device(raw["class"])
+    plain_name(raw["name"], f"{entry}.name")
+    device = device_class(raw["class"])
     emulated = raw.get("emulated", False)
     if not isinstance(emulated, bool):
         raise fail(f"{entry}.emulated", "must be true or false")
@@ -185,11 +186,16 @@ def _ssh(raw: Any, entry: str, fail) -> SshAccess:
     key = Path(raw["key"]).expanduser()
     if not key.is_file():
         raise fail(f"{entry}.key", f"names {key}, which does not exist")
+    for key_name in ("workdir", "known_hosts", "bind"):
+        if key_name in raw and (not isinstance(raw[key_name], str) or not raw[key_name]):
+            raise fail(f"{entry}.{key_name}", "must be a non-empty string")
     known_hosts = Path(raw.get("known_hosts", "~/.ssh/known_hosts")).expanduser()
+    # The board's RPC server listens on the address the farm reaches it at, not on every
+    # interface: TVM RPC runs any code it is sent, for anyone who reaches the port.
     return SshAccess(host=raw["host"], user=raw["user"], key=key, python=raw["python"],
                      port=_port(raw.get("port", 22), f"{entry}.port", fail),
-                     workdir=str(raw.get("workdir", "edge-tvm-board")), known_hosts=known_hosts,
-                     bind=str(raw.get("bind", "0.0.0.0")))
+                     workdir=raw.get("workdir", "edge-tvm-board"), known_hosts=known_hosts,
+                     bind=raw.get("bind", raw["host"]))
 
 
 def _mapping(raw: Any, key: str, fail) -> dict:
@@ -205,6 +211,6 @@ def _known(raw: dict, known: frozenset[str], prefix: str, fail) -> None:
 
 
 def _port(value: Any, key: str, fail) -> int:
-    if not isinstance(value, int) or not 0 < value < 65536:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise fail(key, "must be a port number (1-65535)")
     return value

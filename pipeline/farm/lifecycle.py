@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import socket
 import sys
 import threading
@@ -28,14 +29,22 @@ from pipeline.base.errors import UserError
 from pipeline.base.paths import BOARD_SCRIPTS, BUILD_ROOT
 from pipeline.farm import emulated, ssh
 from pipeline.farm.inventory import Board, Inventory
-from pipeline.farm.processes import kill_group, local_alive, spawn
-from pipeline.farm.tracker import TrackerAddress, free_port, tracker_summary, wait_for_port
+from pipeline.farm.processes import kill_group, local_alive, spawn, start_time
+from pipeline.farm.tracker import (
+    TrackerAddress,
+    free_port,
+    port_is_free,
+    tracker_summary,
+    wait_for_port,
+)
 
 log = logging.getLogger(__name__)
 
 BOARD_SERVER = BOARD_SCRIPTS / "board_server.py"
 STATE_ROOT = BUILD_ROOT / "farm"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_OPEN_WARNING = ("{what} listens on {where}. TVM RPC has no authentication: anyone who can "
+                 "reach it or a board can run code there. Keep the farm on a network you trust.")
 
 
 @dataclass
@@ -49,11 +58,13 @@ class BoardState:
     # Seen registered since its start. A crashed session can kill the server's listening
     # thread but not its process: registered once and gone now means dead, alive or not.
     registered_once: bool = False
+    identity: int | None = None  # start time of a local board's process; None over SSH
 
 
 @dataclass
 class FarmState:
     tracker_pid: int | None = None
+    tracker_started: int | None = None  # its start time (pipeline.farm.processes)
     tracker_port: int | None = None
     boards: dict[str, BoardState] = field(default_factory=dict)
 
@@ -86,7 +97,7 @@ class Farm:
 
     def up(self, wait: bool = True) -> None:
         with self._lock:
-            fresh = not (self.state.tracker_pid and local_alive(self.state.tracker_pid))
+            fresh = not self._tracker_alive()
             try:
                 self._start_tracker()
                 for board in self.inventory.boards:
@@ -109,8 +120,10 @@ class Farm:
                 with contextlib.suppress(UserError):
                     self._stop_board(self._board(name), state)
                 del self.state.boards[name]
-            if self.state.tracker_pid:
-                kill_group(self.state.tracker_pid)
+            if self.state.tracker_pid and not kill_group(self.state.tracker_pid,
+                                                         self.state.tracker_started):
+                log.warning(f"the tracker's PID {self.state.tracker_pid} is no longer the "
+                            f"process this farm started; left alone")
             self.state = FarmState()
             with contextlib.suppress(FileNotFoundError):
                 self._state_path.unlink()
@@ -210,15 +223,21 @@ class Farm:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _tracker_alive(self) -> bool:
+        return bool(self.state.tracker_pid) and local_alive(self.state.tracker_pid,
+                                                             self.state.tracker_started)
+
     def _start_tracker(self) -> None:
         cfg = self.inventory.tracker
-        if self.state.tracker_pid and local_alive(self.state.tracker_pid):
+        if self._tracker_alive():
             return
         if cfg.host not in LOOPBACK:
-            log.warning(f"the tracker listens on {cfg.host}:{cfg.port}. TVM RPC has no "
-                  f"authentication: anyone who can reach it or a board can run code there. Keep "
-                  f"the farm on a network you trust.")
+            log.warning(_OPEN_WARNING.format(what="the tracker", where=f"{cfg.host}:{cfg.port}"))
         port = cfg.port or free_port()
+        if not port_is_free(cfg.host, port):
+            raise UserError(f"Port {port} on {cfg.host} is already in use, so the farm's tracker "
+                            f"cannot listen there (another farm? `python -m rpc.farm status`). "
+                            f"Stop what holds it or give the inventory another tracker.port.")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         pid = spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", cfg.host,
                       "--port", str(port), "--port-end", str(port + 1), "--silent"],
@@ -226,11 +245,12 @@ class Farm:
         try:
             wait_for_port(self.address.host, port, timeout_s=30)
         except TimeoutError:
-            kill_group(pid)
+            kill_group(pid, start_time(pid))
             raise UserError(f"The tracker did not start on {cfg.host}:{port} (port in use?); see "
                             f"{self.state_dir / 'tracker.log'}.") from None
         self.state.tracker_pid, self.state.tracker_port = pid, port
-        log.info(f"tracker on {cfg.host}:{port}")
+        self.state.tracker_started = start_time(pid)
+        log.info(f"tracker on {cfg.host}:{port}, pid {pid}")
 
     def _start_board(self, board: Board, failures: list[float]) -> None:
         tracker = f"{self.inventory.tracker.address_for_boards}:{self.address.port}"
@@ -243,33 +263,41 @@ class Farm:
             log_path = self.state_dir / f"{board.name}.log"
             pid = spawn([python, str(BOARD_SERVER), *args, "--host", "127.0.0.1",
                          "--port", str(port)], log_path)
-            log_text = str(log_path)
+            log_text, identity = str(log_path), start_time(pid)
         else:
             port, access = board.rpc_port or 9090, board.ssh
             with ssh.session(access, self.accept_new_host_key) as remote:
-                remote.check(f"mkdir -p {access.workdir}", "creating the board's work dir")
+                remote.check(f"mkdir -p -- {shlex.quote(access.workdir)}",
+                             "creating the board's work dir")
                 remote.push(BOARD_SERVER, f"{access.workdir}/{BOARD_SERVER.name}")
-                remote.check(f"{access.python} -c 'import tvm'", "importing TVM on the board "
+                remote.check(f"{shlex.quote(access.python)} -c 'import tvm'",
+                             "importing TVM on the board "
                              f"(install it there: {access.python} -m pip install "
                              f"'apache-tvm[rpc]==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post1')",
                              timeout_s=120)
+                if access.bind in ("0.0.0.0", "::"):
+                    log.warning(_OPEN_WARNING.format(what=f"board {board.name}'s RPC server",
+                                                     where=f"{access.bind}:{port}"))
                 pid = remote.start_detached(access.workdir, [
                     access.python, BOARD_SERVER.name, *args, "--host", access.bind,
                     "--port", str(port)], "board.log")
-            log_text = f"{board.where}:{access.workdir}/board.log"
-        self.state.boards[board.name] = BoardState(pid, port, time.time(), log_text, failures)
+            log_text, identity = f"{board.where}:{access.workdir}/board.log", None
+        self.state.boards[board.name] = BoardState(pid, port, time.time(), log_text, failures,
+                                                   identity=identity)
         log.info(f"board {board.name} ({board.key}) starting on {board.where}, pid {pid}")
 
     def _stop_board(self, board: Board, state: BoardState) -> None:
         if board.ssh is None:
-            kill_group(state.pid)
+            if not kill_group(state.pid, state.identity):
+                log.warning(f"board {board.name}'s PID {state.pid} is no longer the process "
+                            f"this farm started; left alone")
             return
         with ssh.session(board.ssh, self.accept_new_host_key) as remote:
             remote.stop(state.pid)
 
     def _alive(self, board: Board, state: BoardState) -> bool:
         if board.ssh is None:
-            return local_alive(state.pid)
+            return local_alive(state.pid, state.identity)
         try:
             with ssh.session(board.ssh, self.accept_new_host_key) as remote:
                 return remote.is_alive(state.pid)
@@ -300,8 +328,18 @@ class Farm:
         except (OSError, ValueError) as err:
             raise UserError(f"{self._state_path} is unreadable ({err}); stop the farm's "
                             f"processes by hand and delete the file.") from None
-        boards = {name: BoardState(**b) for name, b in raw.get("boards", {}).items()}
-        return FarmState(raw.get("tracker_pid"), raw.get("tracker_port"), boards)
+        try:
+            boards = {str(name): BoardState(**b) for name, b in raw.get("boards", {}).items()}
+            state = FarmState(raw.get("tracker_pid"), raw.get("tracker_started"),
+                              raw.get("tracker_port"), boards)
+            if not all(isinstance(v, int | None) and not isinstance(v, bool) for v in
+                       (state.tracker_pid, state.tracker_port, state.tracker_started,
+                        *(b.pid for b in boards.values()), *(b.port for b in boards.values()))):
+                raise TypeError("PIDs and ports must be whole numbers")
+        except (AttributeError, TypeError) as err:
+            raise UserError(f"{self._state_path} is not a farm state file ({err}); stop the "
+                            f"farm's processes by hand and delete the file.") from None
+        return state
 
     def _save_state(self) -> None:
         with self._lock:  # the watching thread saves too

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +33,19 @@ def local_farm(device: DeviceConfig, boards: int = 1) -> Iterator[Farm]:
               for i in range(boards)))
     with tempfile.TemporaryDirectory(prefix="pipeline-farm-") as tmp:
         farm = Farm(inventory, Path(tmp))
+        # Stops the farm if this process is killed outright (see pipeline.farm.watchdog); it
+        # leaves by itself when the block ends and the folder is removed.
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.farm.watchdog", str(os.getpid()), tmp],
+            stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             farm.up()
             with farm.watching():
                 yield farm
         finally:
             farm.down()
+            watchdog.kill()
+            watchdog.wait()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,8 @@
-"""Local processes of the farm: started in their own session, checked, stopped as a group."""
+"""Local processes of the farm: started in their own session, checked, stopped as a group.
+
+A PID alone does not prove a process is ours (PIDs are reused after a reboot or a long time),
+so each is recorded with its start time (/proc/PID/stat) and checked against it before it is
+counted alive or killed."""
 
 from __future__ import annotations
 
@@ -18,7 +22,24 @@ def spawn(cmd: list[str], log_path: Path) -> int:
                                 stdin=subprocess.DEVNULL, start_new_session=True).pid
 
 
-def local_alive(pid: int) -> bool:
+def start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot; None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])  # field 22, after the command in ()
+
+
+def is_ours(pid: int, started: int | None) -> bool:
+    return started is not None and start_time(pid) == started
+
+
+def local_alive(pid: int, started: int | None = None) -> bool:
+    """Whether `pid` runs (and, given its recorded start time, is still the process we
+    started)."""
+    if started is not None and not is_ours(pid, started):
+        return False
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own dead children (no zombies)
         if done:
@@ -35,7 +56,11 @@ def local_alive(pid: int) -> bool:
         return True
 
 
-def kill_group(pid: int) -> None:
+def kill_group(pid: int, started: int | None) -> bool:
+    """Stop the process group of `pid` if `pid` is the process we started; False if it was not
+    (then nothing is signalled)."""
+    if not is_ours(pid, started):
+        return False
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
@@ -43,4 +68,5 @@ def kill_group(pid: int) -> None:
         while time.monotonic() < deadline and local_alive(pid):
             time.sleep(0.1)
         if not local_alive(pid):
-            return
+            return True
+    return True

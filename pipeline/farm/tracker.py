@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -33,11 +34,25 @@ def registered_boards(address: TrackerAddress, key: str) -> int:
                if str(server.get("key", "")).split(":")[-1] == key)
 
 
-def tracker_summary(address: TrackerAddress) -> dict:
+SUMMARY_TIMEOUT_S = 30.0
+_DEFAULT_TIMEOUT = threading.Lock()
+
+
+def tracker_summary(address: TrackerAddress, timeout_s: float | None = None) -> dict:
+    """The tracker's summary, or an error naming the address if it does not answer within
+    `timeout_s` (a port that accepts and never answers must not hang a command)."""
     from tvm import rpc
 
     try:
-        return rpc.connect_tracker(address.host, address.port).summary()
+        # TVM's tracker client makes its socket inside; the default timeout is the only way in.
+        with _DEFAULT_TIMEOUT:
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(timeout_s or SUMMARY_TIMEOUT_S)
+            try:
+                session = rpc.connect_tracker(address.host, address.port)
+            finally:
+                socket.setdefaulttimeout(previous)
+        return session.summary()
     except (OSError, RuntimeError, TimeoutError) as err:
         raise UserError(
             f"The RPC tracker at {address} does not answer ({err}). Check that it runs: "
@@ -70,6 +85,15 @@ def wait_for_port(host: str, port: int, timeout_s: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:

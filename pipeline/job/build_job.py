@@ -24,7 +24,7 @@ from pipeline.artifact.manifest import (
     TensorSpec,
     TuningInfo,
 )
-from pipeline.artifact.store import write_artifact
+from pipeline.artifact.store import check_destination, write_artifact
 from pipeline.artifact.tuning_logs import (
     buildable_device,
     count_records,
@@ -33,7 +33,7 @@ from pipeline.artifact.tuning_logs import (
     snapshot,
 )
 from pipeline.base.devices import DeviceConfig
-from pipeline.base.files import sha256_file
+from pipeline.base.files import require_writable_folder, sha256_file
 from pipeline.base.paths import ARTIFACTS, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey
 from pipeline.compile.build import BuiltLibrary, build_library
@@ -76,6 +76,10 @@ class JobResult:
 def run_job(spec: JobSpec) -> JobResult | None:
     """Returns None when tuning was interrupted (the logs keep every finished trial)."""
     folder = log_dir(spec.key, spec.log_root)
+    dest = spec.out_dir or spec.key.under(ARTIFACTS)
+    check_destination(dest, spec.key)  # before any work: nothing of the user's is replaced
+    if spec.trials > 0:
+        require_writable_folder(folder, "tuning log")
     device = device_for_logs(spec.device, folder)
     model = spec.model
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
@@ -98,7 +102,6 @@ def run_job(spec: JobSpec) -> JobResult | None:
             checked = (verify_on_board(built.path, model, quantized, device, address)
                        if spec.verify else None)
             manifest = _manifest(device, model, imported, quantized, built, used_logs, checked)
-            dest = spec.out_dir or spec.key.under(ARTIFACTS)
             extras = ({CALIBRATION_NAME: plan_to_json(quantized.plan)}
                       if quantized.plan is not None else {})
             return JobResult(dest, write_artifact(dest, built.path, used_logs, manifest, extras))

@@ -12,7 +12,7 @@ import logging
 import shlex
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from pipeline.compile.host import compile_for_host
 from pipeline.farm import ssh
 from pipeline.farm.inventory import Board
 from pipeline.frontend.importer import import_model
-from pipeline.frontend.models import load_model
+from pipeline.job.provenance import recorded_model
 from pipeline.job.rebuild_job import requantize_artifact
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ def deploy(artifact: Path, board: Board, accept_new_host_key: bool = False) -> D
     if board.device.name != manifest.device.name:
         raise UserError(f"{artifact} is built for '{manifest.device.name}' and board "
                         f"'{board.name}' is a '{board.device.name}': pick a board of that class.")
-    remote_dir = f"{board.ssh.workdir}/artifacts/{manifest.device.name}/{artifact.name}"
+    # Named after the artifact's key, not the local folder's name: `deploy .` must not make the
+    # clean-up below remove a whole class's deployments.
+    remote_dir = str(manifest.key.under(PurePosixPath(board.ssh.workdir) / "artifacts"))
     x, reference = _smoke_input(artifact, manifest)
     with ssh.session(board.ssh, accept_new_host_key) as remote:
         log.info(f"pushing {artifact} to {board.name}:{remote_dir}")
@@ -92,7 +94,7 @@ def _smoke_input(artifact: Path, manifest: Manifest) -> tuple[np.ndarray, np.nda
     quantized model compiled for this machine for int8/fp16 (as verification at build time)."""
     shape = tuple(manifest.model.input.shape)
     try:
-        model = load_model(manifest.model.spec, shape)
+        model = recorded_model(manifest)
     except UserError:
         model = None
     if model is None or model.sha256 != manifest.model.sha256:  # not the model it was built from

@@ -10,7 +10,8 @@ from importlib import metadata
 
 from pipeline.artifact.manifest import Manifest
 from pipeline.base.devices import DeviceConfig
-from pipeline.frontend.models import LoadedModel
+from pipeline.base.errors import UserError
+from pipeline.frontend.models import ZOO_NAMES, LoadedModel, load_model
 
 TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
 
@@ -25,6 +26,22 @@ def toolchain_versions(device: DeviceConfig) -> dict[str, str]:
                                 check=False).stdout.splitlines()
     versions["compiler"] = f"{compiler}: {first_line[0] if first_line else 'unknown'}"
     return versions
+
+
+def recorded_model(manifest: Manifest) -> LoadedModel:
+    """The model an artifact was built from, loaded as data only: a zoo entry by name, or the
+    ONNX file at the recorded path (its hash is compared by `input_differences`). A PyTorch
+    factory would be code named by the manifest: it is never imported from one."""
+    model = manifest.model
+    shape = tuple(model.input.shape)
+    if model.source == "zoo" and model.spec in ZOO_NAMES:
+        return load_model(model.spec, shape)
+    if model.source == "onnx" and model.spec.endswith(".onnx"):
+        return load_model(model.spec, shape)
+    raise UserError(f"The artifact was built from {model.source} model {model.spec!r}, which "
+                    f"cannot be loaded from the artifact alone (a PyTorch factory is code, and "
+                    f"an artifact is data). Rebuild it with python -m pipeline.build --model "
+                    f"SPEC on a machine that has that model.")
 
 
 def input_differences(manifest: Manifest, device: DeviceConfig, model: LoadedModel) -> list[str]:

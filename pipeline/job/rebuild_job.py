@@ -15,13 +15,12 @@ from pipeline.artifact.manifest import (
     read_intact,
 )
 from pipeline.artifact.tuning_logs import buildable_device
-from pipeline.base.devices import load_device
+from pipeline.base.devices import device_class
 from pipeline.base.files import sha256_file
 from pipeline.compile.build import build_library
 from pipeline.compile.lowering import lower
 from pipeline.frontend.importer import import_model
-from pipeline.frontend.models import load_model
-from pipeline.job.provenance import input_differences
+from pipeline.job.provenance import input_differences, recorded_model
 from pipeline.quantization import plan_from_json, requantize
 
 
@@ -35,8 +34,8 @@ class RebuildReport:
 
 def rebuild(artifact: Path) -> RebuildReport:
     manifest = read_intact(artifact)
-    device = buildable_device(load_device(manifest.device.name), artifact / LOGS_DIRNAME)
-    model = load_model(manifest.model.spec, tuple(manifest.model.input.shape))
+    device = buildable_device(device_class(manifest.device.name), artifact / LOGS_DIRNAME)
+    model = recorded_model(manifest)
     differences = input_differences(manifest, device, model)
     mod = import_model(model).mod
     if manifest.quantization is not None:

@@ -139,6 +139,9 @@ def _numpy_file(path: Path, input_shape: tuple[int, ...], count: int
     if tuple(inputs.shape[1:]) != tuple(input_shape[1:]):
         raise UserError(f"{path}: inputs have shape {list(inputs.shape)}, but the model takes "
                         f"N x {list(input_shape[1:])}.")
+    if len(inputs) == 0:
+        raise UserError(f"{path} holds no inputs (shape {list(inputs.shape)}); give at least "
+                        f"one.")
     if labels is not None and labels.shape != (len(inputs),):
         raise UserError(f"{path}: 'labels' has shape {list(labels.shape)}; expected "
                         f"[{len(inputs)}], one class per input.")
