@@ -112,7 +112,7 @@ def tracker(args: argparse.Namespace) -> TrackerAddress | None:
     return parse_address(args.tracker) if args.tracker else None
 
 
-def _shape_arg(text: str):
+def shape_arg(text: str):
     try:
         return parse_shape(text)
     except UserError as err:
@@ -125,7 +125,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL",
                         help=f"zoo name ({', '.join(ZOO_NAMES)}), an .onnx file, or a PyTorch "
                              f"factory package.module:function (needs --input-shape)")
-    parser.add_argument("--input-shape", type=_shape_arg, metavar="N,C,H,W",
+    parser.add_argument("--input-shape", type=shape_arg, metavar="N,C,H,W",
                         help="static input shape, e.g. 1,3,224,224 (default: the model's own)")
     parser.add_argument("--logs", type=Path, default=TUNING_LOGS, metavar="DIR",
                         help="root of the tuning logs (default: the repository's tuning_logs/)")

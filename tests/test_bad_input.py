@@ -335,3 +335,51 @@ def test_a_second_sigterm_ends_the_tuner_at_once_and_its_farm_with_it(tmp_path):
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert pids and not [p for p in pids if _alive(p)]
+
+
+def test_inventory_values_reach_the_board_shell_quoted(sshd, tmp_path, capsys):
+    """`workdir: "w; touch MARKER"` names a folder on the board; it does not run a command.
+    The board here is this machine over SSH (an x86-nuc board with this Python)."""
+    marker = tmp_path / "MARKER"
+    workdir = f"{tmp_path}/w; touch {marker}"
+    inventory = tmp_path / "farm.yaml"
+    inventory.write_text(yaml.safe_dump({
+        "tracker": {"host": "127.0.0.1", "port": free_port()},
+        "boards": [{"name": "nuc-ssh", "class": "x86-nuc", "rpc_port": free_port(),
+                    "ssh": {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+                            "key": str(sshd.user_key), "python": sys.executable,
+                            "workdir": workdir, "bind": "127.0.0.1",
+                            "known_hosts": str(sshd.known_hosts(tmp_path / "kh"))}}]}))
+    argv = ["--inventory", str(inventory), "--state-dir", str(tmp_path / "state")]
+    try:
+        assert farm_cli.main(["up", *argv]) == 0, capsys.readouterr().err
+        assert "nuc-ssh" in capsys.readouterr().out
+        assert Path(workdir, "board_server.py").is_file()
+        assert not marker.exists()
+    finally:
+        farm_cli.main(["down", *argv])
+
+
+@pytest.mark.slow
+def test_a_tracker_that_dies_mid_tuning_stops_the_run_and_keeps_its_records(tmp_path,
+                                                                           host_device):
+    from pipeline.farm.local import local_farm
+    from pipeline.farm.processes import kill_group
+
+    records = tmp_path / "logs" / "host" / "tiny-cnn-fp32" / "database_tuning_record.json"
+    with local_farm(host_device) as farm:
+        cmd = [sys.executable, "-m", "pipeline.tune", *TINY, "--trials", "96", "--tracker",
+               str(farm.address), "--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "o")]
+        tuner = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        for line in tuner.stderr:
+            if line.startswith("[") and "trials]" in line:
+                break
+        saved = records.read_text().count("\n")
+        kill_group(farm.state.tracker_pid, farm.state.tracker_started)
+        started = time.monotonic()
+        _, err = tuner.communicate(timeout=300)
+        assert tuner.returncode == 2, err
+        assert time.monotonic() - started < 150
+        assert f"tracker at {farm.address} does not answer" in err and "resume" in err
+    assert saved >= 1 and records.read_text().count("\n") >= saved
+    assert not (tmp_path / "o").exists()

@@ -68,9 +68,15 @@ def test_logs_tuned_for_another_target(tmp_path, capsys, out_dir, host_farm):
     """Logs of the host class put where x86-nuc's belong: refused by name, nothing built."""
     import json
 
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
     folder = tmp_path / "logs" / "x86-nuc" / "tiny-cnn-fp32"
     folder.mkdir(parents=True)
-    (folder / "database_workload.json").write_text("")
+    out = te.compute((1,), lambda _: tvm.tirx.const(0, "int32"), name="any")
+    workload = ms.database.Workload(tvm.IRModule({"main": te.create_prim_func([out])}))
+    (folder / "database_workload.json").write_text(json.dumps(workload.as_json()) + "\n")
     record = [0, [[[], []], [1.0e-5], {"kind": "llvm", "mcpu": "icelake-server",
                                          "mtriple": "x86_64-linux-gnu", "keys": ["cpu"]}, []]]
     (folder / "database_tuning_record.json").write_text(json.dumps(record) + "\n")

@@ -215,7 +215,10 @@ def test_digits_cnn_int8_artifact_within_one_point(tmp_path, host_device, host_f
     assert CALIBRATION_NAME in manifest.files
     assert manifest.verification.max_abs_error < 0.05 * 10
     # The recorded calibration rebuilds the same library without calibrating again.
-    assert rebuild(result.artifact).identical
+    # (a PyTorch factory is code: named by the user, never imported from the manifest)
+    with pytest.raises(UserError, match="cannot be loaded from the artifact alone"):
+        rebuild(result.artifact)
+    assert rebuild(result.artifact, model).identical
 
 
 def test_cli_refuses_fp16_for_arm_a53_before_starting_anything(tmp_path, capsys):

@@ -15,6 +15,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,12 @@ from pipeline.artifact.tuning_logs import (
     repair,
 )
 from pipeline.base.devices import DeviceConfig
-from pipeline.base.errors import UserError
+from pipeline.base.errors import EXIT_USER_ERROR, UserError
 from pipeline.base.paths import BUILD_ROOT
 from pipeline.compile.extensions import extensions_for
 from pipeline.compile.progress import STOP_TUNING, Progress
 from pipeline.farm.boards import board_info
-from pipeline.farm.tracker import TrackerAddress, wait_for_boards
+from pipeline.farm.tracker import TrackerAddress, tracker_summary, wait_for_boards
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     # Seeded by the records already there: a resumed run explores other candidates than the
     # run before it, and the same logs resume the same way.
     contexts, weights = _tune_contexts(todo, extensions.space_generator(), seed=before)
-    with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress):
+    with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress), \
+            _tracker_watched(tracker, folder):
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir),
             max_trials_global=remaining, max_trials_per_task=per_task,
@@ -194,6 +196,40 @@ def _stopped_by(progress: Progress):
     except RuntimeError as err:
         if STOP_TUNING not in str(err) or not progress.stop_requested:
             raise
+
+
+TRACKER_GRACE_S = 60.0  # how long the tracker may not answer before tuning gives up
+TRACKER_CHECK_S = 10.0
+
+
+@contextlib.contextmanager
+def _tracker_watched(tracker: TrackerAddress, folder: Path):
+    """Leave the process if the tracker stops answering for TRACKER_GRACE_S: MetaSchedule's
+    runner would retry it for a minute per trial left, hours in all, and no batch that needs
+    it can finish. Every trial measured before is in the logs; the embedded farm's watchdog
+    stops its boards."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        silent_since = None
+        while not stop.wait(TRACKER_CHECK_S):
+            try:
+                tracker_summary(tracker, timeout_s=TRACKER_CHECK_S)
+                silent_since = None
+            except UserError as err:
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since >= TRACKER_GRACE_S and not stop.is_set():
+                    log.error(f"error: tuning stopped: {err} Every trial measured before is in "
+                              f"{folder}; run the same command again to resume.")
+                    logging.shutdown()
+                    os._exit(EXIT_USER_ERROR)
+
+    thread = threading.Thread(target=watch, name="tracker-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 @contextlib.contextmanager

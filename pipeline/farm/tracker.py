@@ -44,6 +44,8 @@ def tracker_summary(address: TrackerAddress, timeout_s: float | None = None) -> 
     from tvm import rpc
 
     try:
+        # TVM's client retries a refused connection for a minute: a refused probe answers now.
+        socket.create_connection((address.host, address.port), timeout=5).close()
         # TVM's tracker client makes its socket inside; the default timeout is the only way in.
         with _DEFAULT_TIMEOUT:
             previous = socket.getdefaulttimeout()

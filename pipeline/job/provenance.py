@@ -40,8 +40,8 @@ def recorded_model(manifest: Manifest) -> LoadedModel:
         return load_model(model.spec, shape)
     raise UserError(f"The artifact was built from {model.source} model {model.spec!r}, which "
                     f"cannot be loaded from the artifact alone (a PyTorch factory is code, and "
-                    f"an artifact is data). Rebuild it with python -m pipeline.build --model "
-                    f"SPEC on a machine that has that model.")
+                    f"an artifact is data). Name it yourself: python -m pipeline.rebuild ARTIFACT "
+                    f"--model {model.spec} --input-shape {','.join(map(str, shape))}.")
 
 
 def input_differences(manifest: Manifest, device: DeviceConfig, model: LoadedModel) -> list[str]:

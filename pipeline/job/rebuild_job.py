@@ -20,6 +20,7 @@ from pipeline.base.files import sha256_file
 from pipeline.compile.build import build_library
 from pipeline.compile.lowering import lower
 from pipeline.frontend.importer import import_model
+from pipeline.frontend.models import LoadedModel
 from pipeline.job.provenance import input_differences, recorded_model
 from pipeline.quantization import plan_from_json, requantize
 
@@ -32,10 +33,12 @@ class RebuildReport:
     differences: tuple[str, ...]  # inputs that differ from the manifest's record
 
 
-def rebuild(artifact: Path) -> RebuildReport:
+def rebuild(artifact: Path, model: LoadedModel | None = None) -> RebuildReport:
+    """`model`: the model as the user names it, for artifacts whose model the manifest cannot
+    load by itself (a PyTorch factory); its hash is compared with the recorded one."""
     manifest = read_intact(artifact)
     device = buildable_device(device_class(manifest.device.name), artifact / LOGS_DIRNAME)
-    model = recorded_model(manifest)
+    model = model or recorded_model(manifest)
     differences = input_differences(manifest, device, model)
     mod = import_model(model).mod
     if manifest.quantization is not None:
