@@ -20,7 +20,14 @@ def main(argv=None):
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, required=True, help="port to listen on")
     parser.add_argument("--emulated", action="store_true", help="timings here are not real")
+    parser.add_argument("--threads", type=int,
+                        help="TVM worker threads (default: TVM's own choice, which is half the "
+                             "logical CPUs on x86: one thread on a 2-vCPU machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import os
+
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM starts its pool
 
     import logging
     import socket
@@ -32,7 +39,7 @@ def main(argv=None):
     listen_loop = _listen_loop(tvm, rpc_server)
 
     info = json.dumps({"name": args.name, "key": args.key, "emulated": args.emulated,
-                       "machine": platform.machine()})
+                       "machine": platform.machine(), "threads": args.threads})
     # Registered in this process, so every session forked from it answers too.
     tvm_ffi.register_global_func("edge_tvm.board_info", lambda: info, override=True)
     rpc_server.logger.setLevel(logging.ERROR)

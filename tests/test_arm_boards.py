@@ -5,6 +5,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,10 +83,17 @@ def test_artifact_is_an_aarch64_library_verified_on_an_emulated_board(arm_run):
     assert result.manifest.device.target["mcpu"] == "cortex-a53"
 
 
-def test_deploy_checks_hashes_on_the_board_and_runs_a_smoke_inference(arm_run, tmp_path):
+def test_deploy_checks_hashes_on_the_board_and_runs_a_smoke_inference(arm_run, tmp_path,
+                                                                      monkeypatch):
     result, *_, inventory = arm_run
     board = inventory.board("phone-ssh")
-    deployed = deploy(result.artifact, board)
+    # Another deployment of the class on the board: deploying `.` replaces only its own folder.
+    neighbour = Path(board.ssh.workdir) / "artifacts" / "arm-a53" / "other-model-fp32"
+    neighbour.mkdir(parents=True)
+    monkeypatch.chdir(result.artifact)
+    deployed = deploy(Path("."), board)
+    assert deployed.remote_dir.endswith("/artifacts/arm-a53/tiny-cnn-fp32")
+    assert neighbour.is_dir()
     assert deployed.files_checked == len(result.manifest.files)
     assert deployed.max_abs_error is not None and deployed.max_abs_error < 1e-4
     assert deployed.output_shape == tuple(result.manifest.model.output.shape)

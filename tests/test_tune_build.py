@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -86,6 +87,9 @@ def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
     assert check.board == "host-1" and not check.emulated  # the embedded farm's board
     assert check.max_abs_error < 1e-4 and check.top1_matches_framework
     assert 0 < check.latency_ms_median < 50
+    # Timed with as many TVM threads as the class has cores (TVM's own default on x86 is half
+    # the logical CPUs), and the manifest says how many.
+    assert check.threads == os.cpu_count()
     folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), tuned[0])
     assert (out / "tuning_logs" / RECORDS).read_bytes() == (folder / RECORDS).read_bytes()
     assert manifest.toolchain["apache-tvm"].startswith("0.27")

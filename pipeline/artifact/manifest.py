@@ -79,6 +79,7 @@ class Verification:
     top1_matches_framework: bool
     latency_ms_median: float | None  # None on emulated boards: their timings mean nothing
     latency_ms_p90: float | None
+    threads: int | None = None  # TVM threads on the board (None: not told by the board)
 
 
 @dataclass(frozen=True)

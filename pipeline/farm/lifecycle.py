@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shlex
 import socket
 import sys
@@ -256,6 +257,12 @@ class Farm:
         tracker = f"{self.inventory.tracker.address_for_boards}:{self.address.port}"
         args = ["--tracker", tracker, "--key", board.key, "--name", board.name]
         args += ["--emulated"] if board.emulated else []
+        # As many TVM threads as the class has cores (on this machine, no more than it has):
+        # TVM's default on x86 is half the logical CPUs, one thread on a 2-vCPU machine, so
+        # tuning and verification would time what no user runs.
+        threads = board.device.cores if board.ssh else min(board.device.cores,
+                                                            os.cpu_count() or 1)
+        args += ["--threads", str(threads)]
         if board.ssh is None:
             port = board.rpc_port or free_port()
             python = (str(emulated.require_ready(board.device.emulated_cpu or "cortex-a53"))

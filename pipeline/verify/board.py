@@ -51,4 +51,5 @@ def verification(run: BoardRun, reference: np.ndarray) -> Verification:
         board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
         top1_matches_framework=top1,
         latency_ms_median=float(np.median(run.times_ms)) if timed else None,
-        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None)
+        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None,
+        threads=run.board.threads)
