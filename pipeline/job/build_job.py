@@ -23,6 +23,7 @@ from pipeline.artifact.manifest import (
     ModelInfo,
     TensorSpec,
     TuningInfo,
+    Verification,
 )
 from pipeline.artifact.store import check_destination, write_artifact
 from pipeline.artifact.tuning_logs import (
@@ -119,7 +120,8 @@ def device_for_logs(device: DeviceConfig, folder: Path) -> DeviceConfig:
 
 
 def _manifest(device: DeviceConfig, model: LoadedModel, imported: ImportedModel,
-              quantized: Quantized, built: BuiltLibrary, used_logs: Path, checked) -> Manifest:
+              quantized: Quantized, built: BuiltLibrary, used_logs: Path,
+              checked: Verification | None) -> Manifest:
     return Manifest(
         model=ModelInfo(model.name, model.source, model.spec, model.sha256,
                         TensorSpec(model.input_name, model.input_shape),

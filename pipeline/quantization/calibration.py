@@ -1,11 +1,9 @@
 """int8 calibration: run the float model on sample data and choose each quantized tensor's
-clipping threshold (pipeline.int8 holds the plan it returns and the rewrite that applies it).
+clipping threshold (pipeline.quantization.plan holds the plan it returns, .rewrite applies it).
 
 Activation ranges come from running the float model on the calibration data (compiled for this
-machine) and reading the absolute values that reach each quantized layer: `minmax` (largest
-seen), `percentile` (e.g. the 99.99th), `entropy` (the clipping threshold whose 8-bit
-histogram has the least KL divergence from the float one, as in TensorRT's calibrator), or `mse`
-(the threshold whose clipping and rounding error has the least power on the samples).
+machine) and handing the absolute values that reach each quantized layer to an observer
+(pipeline.quantization.observers); the weights' rounding is fitted to the same inputs.
 """
 
 from __future__ import annotations

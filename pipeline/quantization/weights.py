@@ -50,7 +50,7 @@ def weight_scale(weight: np.ndarray, axis: int) -> np.ndarray:
 
 
 def compensated_rounding(call, geometry: Geometry, moment: np.ndarray) -> str:
-    """The offsets from nearest rounding that pipeline.rounding.gptq chooses for `call`'s
+    """The offsets from nearest rounding that pipeline.quantization.rounding chooses for `call`'s
     weights against `moment` (the second moment of its input patches, read as `geometry`
     says), as record text."""
     weight = call.args[1].value.numpy()
