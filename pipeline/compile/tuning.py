@@ -26,6 +26,7 @@ from pipeline.artifact.tuning_logs import (
     open_database,
     repair,
 )
+from pipeline.base.background import every
 from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import EXIT_USER_ERROR, UserError
 from pipeline.base.paths import BUILD_ROOT
@@ -202,34 +203,27 @@ TRACKER_GRACE_S = 60.0  # how long the tracker may not answer before tuning give
 TRACKER_CHECK_S = 10.0
 
 
-@contextlib.contextmanager
 def _tracker_watched(tracker: TrackerAddress, folder: Path):
     """Leave the process if the tracker stops answering for TRACKER_GRACE_S: MetaSchedule's
     runner would retry it for a minute per trial left, hours in all, and no batch that needs
     it can finish. Every trial measured before is in the logs; the embedded farm's watchdog
     stops its boards."""
-    stop = threading.Event()
+    silent_since: float | None = None
 
-    def watch() -> None:
-        silent_since = None
-        while not stop.wait(TRACKER_CHECK_S):
-            try:
-                tracker_summary(tracker, timeout_s=TRACKER_CHECK_S)
-                silent_since = None
-            except UserError as err:
-                silent_since = silent_since or time.monotonic()
-                if time.monotonic() - silent_since >= TRACKER_GRACE_S and not stop.is_set():
-                    log.error(f"error: tuning stopped: {err} Every trial measured before is in "
-                              f"{folder}; run the same command again to resume.")
-                    logging.shutdown()
-                    os._exit(EXIT_USER_ERROR)
+    def check() -> None:
+        nonlocal silent_since
+        try:
+            tracker_summary(tracker, timeout_s=TRACKER_CHECK_S)
+            silent_since = None
+        except UserError as err:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= TRACKER_GRACE_S:
+                log.error(f"error: tuning stopped: {err} Every trial measured before is in "
+                          f"{folder}; run the same command again to resume.")
+                logging.shutdown()
+                os._exit(EXIT_USER_ERROR)
 
-    thread = threading.Thread(target=watch, name="tracker-watch", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
+    return every(TRACKER_CHECK_S, check, "tracker-watch")
 
 
 @contextlib.contextmanager

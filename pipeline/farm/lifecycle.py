@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.base.background import every
 from pipeline.base.errors import UserError
 from pipeline.base.paths import BOARD_SCRIPTS, BUILD_ROOT
 from pipeline.farm import emulated, ssh
@@ -202,20 +203,12 @@ class Farm:
     @contextlib.contextmanager
     def watching(self, interval_s: float = 5.0) -> Iterator[None]:
         """Heal in a background thread for the duration of the block."""
-        stop = threading.Event()
+        def heal_quietly() -> None:
+            with contextlib.suppress(UserError, OSError, RuntimeError):
+                self.heal()
 
-        def loop() -> None:
-            while not stop.wait(interval_s):
-                with contextlib.suppress(UserError, OSError, RuntimeError):
-                    self.heal()
-
-        thread = threading.Thread(target=loop, name="farm-watch", daemon=True)
-        thread.start()
-        try:
+        with every(interval_s, heal_quietly, "farm-watch"):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=interval_s + 30)
 
     def kill_board(self, name: str) -> None:
         """Kill a board's server the hard way, as a crash would (used to test health)."""
