@@ -377,9 +377,10 @@ def test_a_tracker_that_dies_mid_tuning_stops_the_run_and_keeps_its_records(tmp_
         saved = records.read_text().count("\n")
         kill_group(farm.state.tracker_pid, farm.state.tracker_started)
         started = time.monotonic()
-        _, err = tuner.communicate(timeout=300)
+        tuner.wait(timeout=300)
+        assert time.monotonic() - started < 150  # a minute's grace, then it leaves
+        err = tuner.stderr.read()
         assert tuner.returncode == 2, err
-        assert time.monotonic() - started < 150
         assert f"tracker at {farm.address} does not answer" in err and "resume" in err
     assert saved >= 1 and records.read_text().count("\n") >= saved
     assert not (tmp_path / "o").exists()

@@ -33,6 +33,7 @@ from pipeline.base.paths import BUILD_ROOT
 from pipeline.compile.extensions import extensions_for
 from pipeline.compile.progress import STOP_TUNING, Progress
 from pipeline.farm.boards import board_info
+from pipeline.farm.processes import kill_descendants
 from pipeline.farm.tracker import TrackerAddress, tracker_summary, wait_for_boards
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def _tracker_watched(tracker: TrackerAddress, folder: Path):
                 log.error(f"error: tuning stopped: {err} Every trial measured before is in "
                           f"{folder}; run the same command again to resume.")
                 logging.shutdown()
+                kill_descendants(os.getpid())  # builder workers would keep running
                 os._exit(EXIT_USER_ERROR)
 
     return every(TRACKER_CHECK_S, check, "tracker-watch")

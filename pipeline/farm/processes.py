@@ -35,6 +35,22 @@ def is_ours(pid: int, started: int | None) -> bool:
     return started is not None and start_time(pid) == started
 
 
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every process below `pid` (found through /proc's parent links): what a process
+    that must leave at once started, such as MetaSchedule's builder workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        todo += children.get(child, [])
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+
+
 def local_alive(pid: int, started: int | None = None) -> bool:
     """Whether `pid` runs (and, given its recorded start time, is still the process we
     started)."""
