@@ -251,6 +251,37 @@ def test_a_second_tuner_on_the_same_logs_is_refused(tmp_path, capsys, host_farm)
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
+def test_two_tuners_on_one_folder_the_second_is_refused_and_after_both_each_record_is_once(
+        tmp_path, capsys, host_farm):
+    from pipeline.artifact.tuning_logs import count_records, open_database
+
+    logs, folder = tmp_path / "logs", tmp_path / "logs" / "host" / "tiny-cnn-fp32"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.tune", *TINY, "--trials", "16", "--tracker",
+         str(host_farm), "--logs", str(logs), "--out", str(tmp_path / "a")],
+        stderr=subprocess.PIPE, text=True)
+    for line in first.stderr:
+        if line.startswith("tuning "):
+            break
+    second = [*TINY, "--tracker", str(host_farm), "--logs", str(logs), "--out",
+              str(tmp_path / "b")]
+    _fails_clearly(tune_cli.main, [*second, "--trials", "64"], capsys,
+                   rf"pipeline.tune \(pid {first.pid}\) is tuning into")
+    rest = first.stderr.read()
+    assert first.wait(timeout=600) == 0, rest
+    path = folder / "database_tuning_record.json"
+    first_records = path.read_text().splitlines()
+    assert len(first_records) >= 16  # a budget is met batch by batch, so it may be passed
+    target = len(first_records) + 8
+    assert tune_cli.main([*second, "--trials", str(target)]) == 0  # resumes from the first's
+    records = path.read_text().splitlines()
+    workloads = (folder / "database_workload.json").read_text().splitlines()
+    assert records[:len(first_records)] == first_records and len(records) >= target
+    assert len(records) == len(set(records)) and len(workloads) == len(set(workloads))
+    assert len(open_database(folder)) == count_records(folder) == len(records)
+
+
 # -- a killed tuner takes its embedded farm with it -------------------------------------------
 
 @pytest.mark.slow

@@ -59,3 +59,35 @@ def test_unreachable_board_names_the_command_to_check(sshd, tmp_path):
     access = replace(sshd.access(sshd.known_hosts(tmp_path / "kh")), port=free_port())
     with pytest.raises(UserError, match=f"Cannot reach .*ssh -p {access.port}"):
         ssh.connect(access)
+
+
+def test_a_command_that_never_ends_fails_after_its_timeout_naming_the_board(sshd, tmp_path):
+    import time
+
+    with ssh.session(sshd.access(sshd.known_hosts(tmp_path / "kh"))) as board:
+        started = time.monotonic()
+        with pytest.raises(UserError, match=rf"`sleep 30` on .*@127.0.0.1:{sshd.port} failed: "
+                                            r"no answer within 1 s"):
+            board.run("sleep 30", timeout_s=1)
+        assert time.monotonic() - started < 10
+
+
+def test_a_port_that_accepts_and_never_speaks_ssh_fails_after_the_connect_timeout(
+        sshd, tmp_path, monkeypatch):
+    import socket
+    import time
+    from dataclasses import replace
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    monkeypatch.setattr(ssh, "CONNECT_TIMEOUT_S", 1)
+    access = replace(sshd.access(sshd.known_hosts(tmp_path / "kh")),
+                     port=silent.getsockname()[1])
+    started = time.monotonic()
+    try:
+        with pytest.raises(UserError, match=rf"SSH to .*127.0.0.1:{access.port} failed"):
+            ssh.connect(access)
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 10

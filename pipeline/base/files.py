@@ -42,9 +42,9 @@ def plain_name(text: str, what: str) -> str:
     return text
 
 
-def require_writable_folder(folder: Path, what: str) -> None:
+def require_writable_folder(folder: Path, what: str, writable: bool = True) -> None:
     """Refuse, before any work, a folder that cannot be created or written: one under a regular
-    file, or in a folder this user may not write."""
+    file, or (when it is to be `writable`) in a folder this user may not write."""
     existing = folder
     while not existing.exists():
         if existing.is_symlink():  # a dangling link
@@ -53,7 +53,7 @@ def require_writable_folder(folder: Path, what: str) -> None:
     if not existing.is_dir():
         raise UserError(f"The {what} folder {folder} cannot be made: {existing} is not a folder. "
                         f"Choose another path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"The {what} folder {folder} cannot be written: {existing} is not "
                         f"writable by this user. Choose another path or fix its permissions.")
 

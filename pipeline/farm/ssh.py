@@ -18,6 +18,9 @@ from pipeline.base.errors import UserError
 from pipeline.farm.inventory import SshAccess
 
 CONNECT_TIMEOUT_S = 15
+# A file transfer that moves no byte for this long is a dead link, not a slow one.
+TRANSFER_STALL_S = 60
+KEEPALIVE_S = 15
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def connect(access: SshAccess, accept_new_host_key: bool = False) -> Board:
     if accept_new_host_key:
         access.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         client.save_host_keys(str(access.known_hosts))
+    # Without keepalives a board that drops off the network leaves reads waiting forever.
+    client.get_transport().set_keepalive(KEEPALIVE_S)
     return Board(client, access)
 
 
@@ -85,13 +90,24 @@ class Board:
     def __init__(self, client, access: SshAccess):
         self.client, self.access = client, access
 
+    @property
+    def where(self) -> str:
+        return f"{self.access.user}@{self.access.host}:{self.access.port}"
+
     def close(self) -> None:
         self.client.close()
 
     def run(self, command: str, timeout_s: float = 60) -> Completed:
-        _, stdout, stderr = self.client.exec_command(command, timeout=timeout_s)
-        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-        return Completed(stdout.channel.recv_exit_status(), out, err)
+        from paramiko import SSHException
+
+        try:
+            _, stdout, stderr = self.client.exec_command(command, timeout=timeout_s)
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            return Completed(stdout.channel.recv_exit_status(), out, err)
+        except (TimeoutError, OSError, EOFError, SSHException) as err:
+            raise self._lost(f"running `{command[:80]}`", f"no answer within {timeout_s:g} s"
+                             if isinstance(err, TimeoutError) else str(err) or "closed") from None
 
     def check(self, command: str, what: str, timeout_s: float = 60) -> str:
         done = self.run(command, timeout_s)
@@ -102,8 +118,7 @@ class Board:
 
     def push(self, local: Path, remote: str) -> None:
         """Copy a file or a folder (recursively) to `remote`, relative to the login dir."""
-        sftp = self.client.open_sftp()
-        try:
+        with self._sftp(f"copying {local} to {remote}") as sftp:
             if local.is_dir():
                 _mkdirs(sftp, remote)
                 for path in sorted(local.rglob("*")):
@@ -117,15 +132,31 @@ class Board:
                 if parent:
                     _mkdirs(sftp, parent)
                 sftp.put(str(local), remote)
+
+    def fetch(self, remote: str, local: Path) -> None:
+        with self._sftp(f"copying {remote} from the board") as sftp:
+            sftp.get(remote, str(local))
+
+    @contextlib.contextmanager
+    def _sftp(self, what: str):
+        try:
+            sftp = self.client.open_sftp()
+        except (OSError, EOFError) as err:  # paramiko's SSHException is neither: it propagates
+            raise self._lost(what, str(err) or "closed") from None
+        sftp.get_channel().settimeout(TRANSFER_STALL_S)
+        try:
+            yield sftp
+        except TimeoutError:
+            raise self._lost(what, f"no data moved for {TRANSFER_STALL_S} s") from None
+        except EOFError:
+            raise self._lost(what, "the connection closed") from None
         finally:
             sftp.close()
 
-    def fetch(self, remote: str, local: Path) -> None:
-        sftp = self.client.open_sftp()
-        try:
-            sftp.get(remote, str(local))
-        finally:
-            sftp.close()
+    def _lost(self, what: str, why: str) -> UserError:
+        return UserError(f"{what} on {self.where} failed: {why}. Is the board still on the "
+                         f"network and not overloaded? Try: ssh -p {self.access.port} "
+                         f"{self.access.user}@{self.access.host} uptime")
 
     def start_detached(self, workdir: str, command: list[str], log: str) -> int:
         """Start `command` in its own session so it outlives this connection; its PID is also

@@ -79,8 +79,8 @@ def run_job(spec: JobSpec) -> JobResult | None:
     folder = log_dir(spec.key, spec.log_root)
     dest = spec.out_dir or spec.key.under(ARTIFACTS)
     check_destination(dest, spec.key)  # before any work: nothing of the user's is replaced
-    if spec.trials > 0:
-        require_writable_folder(folder, "tuning log")
+    # Logs are only read when nothing is tuned: committed logs may sit in a read-only install.
+    require_writable_folder(folder, "tuning log", writable=spec.trials > 0)
     device = device_for_logs(spec.device, folder)
     model = spec.model
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
