@@ -101,6 +101,9 @@ def build_main(args: argparse.Namespace, trials: int | None) -> int:
                   f"{check.max_abs_error:.2e}, top-1 "
                   f"{'matches' if check.top1_matches_framework else 'DIFFERS from'} the "
                   f"framework{latency}")
+            if check.reference_degenerate:
+                print(f"  but the model's output {check.reference_degenerate}: the comparison "
+                      f"proves little")
         return 0
 
     return run_main(body, getattr(args, "verbose", False),

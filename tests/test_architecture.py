@@ -6,7 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {"pipeline.tune", "pipeline.build", "pipeline.rebuild", "pipeline.deploy",
-                "pipeline.nightly", "rpc.farm", "rpc.emulated"}
+                "pipeline.inspect", "pipeline.nightly", "rpc.farm", "rpc.emulated"}
 RANK = {"pipeline.base": 0, "pipeline.artifact": 1, "pipeline.farm": 1,
         "pipeline.frontend": 2, "pipeline.quantization": 2, "pipeline.compile": 2,
         "pipeline.verify": 2, "pipeline.job": 3, "pipeline.cli": 4}

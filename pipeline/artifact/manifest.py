@@ -80,6 +80,9 @@ class Verification:
     latency_ms_median: float | None  # None on emulated boards: their timings mean nothing
     latency_ms_p90: float | None
     threads: int | None = None  # TVM threads on the board (None: not told by the board)
+    # Why the comparison proves little (an output that is constant, or the same for every
+    # input); None when the reference output varies.
+    reference_degenerate: str | None = None
 
 
 @dataclass(frozen=True)

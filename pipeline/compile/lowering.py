@@ -5,11 +5,12 @@ Tuning records are keyed by the exact TIR of each fused kernel, so `pipeline.tun
 
 from __future__ import annotations
 
-from pipeline.compile.extensions import extensions_for
+import logging
 
-# NHWC activations with HWIO weights: the channel axis is innermost, so depthwise and 1x1
-# convolutions (most of a mobile net) vectorize over channels instead of over small 7x7 planes.
-CPU_LAYOUTS = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+from pipeline.compile.extensions import extensions_for
+from pipeline.compile.layout import convert_layout
+
+log = logging.getLogger(__name__)
 
 
 def lower(mod, target):
@@ -23,8 +24,10 @@ def lower(mod, target):
     from tvm import relax
 
     with target:
+        mod, layout = convert_layout(mod)
+        if layout.transposes_added or not layout.converted:
+            log.info(layout.describe())
         return tvm.transform.Sequential([
-            relax.transform.ConvertLayout(CPU_LAYOUTS),
             relax.transform.FoldConstant(),
             *extensions_for(target).relax_passes(),
             relax.transform.DecomposeOpsForInference(),

@@ -90,8 +90,7 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
         log.warning(f"moved a corrupt tuning record aside: {line}")
     check_target(folder, device.target, device.name)
     before = count_records(folder)
-    extracted = [t for t in ms.relax_integration.extract_tasks(lowered_mod, device.tvm_target())
-                 if _tunable(t)]
+    extracted = tunable_tasks(lowered_mod, device.tvm_target())
     database = open_database(folder)
     per_task = device.tuning.trials_per_task
     history = {t.task_name: _history(database, t) for t in extracted}
@@ -256,8 +255,19 @@ def _tune_contexts(tasks, space, seed: int):
     return contexts, [float(task.weight) for task in tasks]
 
 
-def _tunable(task) -> bool:
-    return not task.mod.attrs.get("tirx.is_scheduled", False)
+def tunable_tasks(lowered_mod, target) -> list:
+    """The kernels MetaSchedule tunes (ExtractedTask): the fused TIR functions not already
+    scheduled by hand."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return [task for task in ms.relax_integration.extract_tasks(lowered_mod, target)
+            if not task.mod.attrs.get("tirx.is_scheduled", False)]
+
+
+def task_records(folder: Path, tasks: list) -> dict[str, tuple[int, float | None]]:
+    """Per task name: valid records in the logs and the best mean latency (s) among them."""
+    database = open_database(folder)
+    return {task.task_name: _history(database, task) for task in tasks}
 
 
 def _history(database, task) -> tuple[int, float | None]:

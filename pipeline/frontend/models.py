@@ -49,6 +49,9 @@ def _zoo() -> dict[str, ZooEntry]:
 ZOO_NAMES = ("efficientnet-lite0", "mobilenet-v2", "resnet-18", "tiny-cnn")
 
 
+SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut", "rocket")
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
@@ -61,9 +64,10 @@ class LoadedModel:
     onnx_path: Path | None = None
 
     def sample_input(self, seed: int = 0) -> np.ndarray:
-        """A natural image for ImageNet-shaped inputs (top-1 classes then mean something)."""
+        """A natural image for ImageNet-shaped inputs (top-1 classes then mean something): the
+        cat for seed 0, other scikit-image samples for other seeds."""
         if self.input_shape[1:] == (3, 224, 224):
-            return imagenet_input("chelsea")
+            return imagenet_input(SAMPLE_IMAGES[seed % len(SAMPLE_IMAGES)])
         return np.random.default_rng(seed).standard_normal(self.input_shape).astype("float32")
 
     def reference_output(self, x: np.ndarray) -> np.ndarray:

@@ -72,12 +72,50 @@ class ClipToMinMax:
         return rewrite_call(pattern, rewrite, func)
 
 
+_PAIRWISE = {"relax.max": relax.op.maximum, "relax.min": relax.op.minimum,
+             "relax.sum": relax.op.add, "relax.mean": relax.op.add}
+
+
+@relax.transform.function_pass(opt_level=0)
+class UnstackReductions:
+    """Rewrite `max(stack((a, b, ...)), axis=0)` (and min, sum, mean) as pairwise ops.
+
+    ONNX's variadic Max/Min/Sum/Mean import as a stack into a 5-D tensor reduced over the new
+    axis, which the NHWC layout conversion cannot follow; `maximum(a, b)` it converts for free.
+    """
+
+    def transform_function(self, func, mod, ctx):
+        stack = is_op("relax.stack")(wildcard())
+        pattern = (is_op("relax.max")(stack) | is_op("relax.min")(stack)
+                   | is_op("relax.sum")(stack) | is_op("relax.mean")(stack))
+
+        def rewrite(expr, matches):
+            reduce_call, stack_call = matches[pattern], matches[stack]
+            parts = stack_call.args[0]
+            axes = [int(a) for a in reduce_call.attrs.axis or []]
+            if (not isinstance(parts, relax.Tuple) or int(stack_call.attrs.axis) != 0
+                    or axes != [0] or reduce_call.attrs.keepdims):
+                return expr
+            pairwise = _PAIRWISE[reduce_call.op.name]
+            result = parts.fields[0]
+            for part in parts.fields[1:]:
+                result = pairwise(result, part)
+            if reduce_call.op.name == "relax.mean":
+                result = relax.op.multiply(
+                    result, relax.const(1 / len(parts.fields), reduce_call.ty.dtype))
+            return result
+
+        return rewrite_call(pattern, rewrite, func)
+
+
 def fold_inference_constants() -> tvm.transform.Pass:
-    """Fold batch-norm into the preceding convolution and pads into convolutions."""
+    """Fold batch-norm into the preceding convolution and pads into convolutions; rewrite clips
+    and stacked reductions into forms the NHWC layout conversion follows."""
     return tvm.transform.Sequential([
         relax.transform.FoldConstant(),
         relax.transform.FoldBatchnormToConv2D(),
         FoldPadIntoConv2D(),
         ClipToMinMax(),
+        UnstackReductions(),
         relax.transform.FoldConstant(),
     ])

@@ -25,13 +25,19 @@ def verify_on_board(lib: Path, model: LoadedModel, quantized: Quantized, device:
     x = model.sample_input()
     if quantized.reference is None:
         reference, against = model.reference_output(x), "the framework"
+        second = model.reference_output(model.sample_input(seed=1))
     else:
         reference = quantized.reference(x)
         against = f"the {quantized.variant.value} model on this machine"
+        second = quantized.reference(model.sample_input(seed=1))
+    degenerate = degenerate_output(reference, second)
+    if degenerate:
+        log.warning(f"the model's output {degenerate}: agreeing with {against} proves little. "
+                    f"Check that the file holds trained weights.")
     log.info(f"verifying on a '{device.rpc_key}' board via {address} against {against}")
     wait_for_boards(address, device.rpc_key)
     run = run_on_board(lib, address, device.rpc_key, x)
-    checked = verification(run, reference)
+    checked = verification(run, reference, degenerate)
     log.info(f"  ran on board {run.board.name}"
              + (" (emulated: not timed)" if run.board.emulated else ""))
     allowed = quantized.variant.tolerance(reference)
@@ -42,7 +48,20 @@ def verify_on_board(lib: Path, model: LoadedModel, quantized: Quantized, device:
     return checked
 
 
-def verification(run: BoardRun, reference: np.ndarray) -> Verification:
+def degenerate_output(reference: np.ndarray, other: np.ndarray) -> str | None:
+    """Why an output says little about correctness: every value the same (a uniform softmax,
+    a constant), or the same output for two different inputs."""
+    spread = float(np.ptp(reference)) if reference.size else 0.0
+    scale = max(float(np.max(np.abs(reference))) if reference.size else 0.0, 1e-30)
+    if spread <= 1e-6 * scale:
+        return f"is uniform (every value {float(reference.flat[0]):.4g})"
+    if reference.shape == other.shape and np.allclose(reference, other, rtol=1e-6, atol=0):
+        return "does not depend on the input (two different inputs give the same output)"
+    return None
+
+
+def verification(run: BoardRun, reference: np.ndarray,
+                 degenerate: str | None = None) -> Verification:
     error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))
     top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
@@ -52,4 +71,4 @@ def verification(run: BoardRun, reference: np.ndarray) -> Verification:
         top1_matches_framework=top1,
         latency_ms_median=float(np.median(run.times_ms)) if timed else None,
         latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None,
-        threads=run.board.threads)
+        threads=run.board.threads, reference_degenerate=degenerate)
