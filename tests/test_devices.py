@@ -122,24 +122,54 @@ def test_which_targets_a_cpu_runs_is_read_off_its_cpuinfo(tmp_path, cpu, drop, i
     assert not runs_target(arm, cpuinfo)
 
 
-@pytest.mark.parametrize("cpu, builds", [("sapphirerapids", True), ("znver4", True),
-                                         ("alderlake", False)])
-def test_host_builds_committed_logs_of_a_cpu_model_this_cpu_runs(tmp_path, monkeypatch, cpu,
-                                                                  builds):
-    """`host` logs tuned on an Ice Lake build on any CPU with all of Ice Lake's extensions, for
-    the Ice Lake target; on a CPU without AVX-512 they are refused, naming the target."""
+@pytest.mark.parametrize("cpu, drop, borrowed, mcpu", [
+    ("sapphirerapids", (), "x86-avx512", "icelake-server"),
+    ("znver4", (), "x86-avx512", "icelake-server"),
+    ("icelake-server", ("avx512_vnni",), "x86-nuc", "x86-64-v3"),
+    ("alderlake", (), "x86-nuc", "x86-64-v3"),
+    ("x86-64-v2", (), None, None),
+])
+def test_host_builds_with_the_fastest_committed_class_this_cpu_runs(tmp_path, monkeypatch, cpu,
+                                                                     drop, borrowed, mcpu):
+    """`host` has no logs of its own: an AVX-512 + VNNI CPU builds with x86-avx512's, an
+    AVX2-only CPU (or one whose hypervisor hides VNNI) with x86-nuc's, for the class's target;
+    a CPU without AVX2 builds untuned for itself."""
     from pipeline.base import devices
+    from pipeline.base.paths import TUNING_LOGS
+    from pipeline.job.build_job import logs_for
 
-    monkeypatch.setattr(devices, "CPUINFO", _fake_cpuinfo(tmp_path, cpu))
+    monkeypatch.setattr(devices, "CPUINFO", _fake_cpuinfo(tmp_path, cpu, drop))
     host = load_device("host")
     assert host.detected
-    folder = log_dir(ArtifactKey("host", "efficientnet-lite0", Variant.FP32))
-    device = buildable_device(host, folder)
-    if builds:
-        assert device.target == ICELAKE | {"num-cores": device.target["num-cores"]}
-        check_target(folder, device.target, "host")
-    else:
-        assert device is host
-        with pytest.raises(UserError, match=r"tuned for another target.*icelake-server"):
-            check_target(folder, device.target, "host")
+    key = ArtifactKey("host", "efficientnet-lite0", Variant.FP32)
+    source = logs_for(host, key, TUNING_LOGS)
+    assert source.borrowed_from == borrowed
+    if borrowed is None:
+        assert source.device is host and source.folder == log_dir(key)
+        return
+    assert source.folder == log_dir(ArtifactKey(borrowed, key.model, key.variant))
+    assert source.device.target["mcpu"] == mcpu and source.device.name == "host"
+    check_target(source.folder, source.device.target, "host")
+    # Tuning never borrows: it tunes this exact CPU into host's own folder.
+    assert logs_for(host, key, TUNING_LOGS, tuning=True).folder == log_dir(key)
+
+
+def test_classes_rank_by_the_extensions_their_cpu_model_implies():
+    from pipeline.base.devices import x86_classes_fastest_first
+
+    assert [c.name for c in x86_classes_fastest_first()] == ["x86-avx512", "x86-nuc"]
+
+
+def test_logs_of_a_cpu_model_build_on_a_host_that_runs_it_and_are_refused_elsewhere(
+        tmp_path, monkeypatch):
+    from pipeline.base import devices
+
+    folder = log_dir(ArtifactKey("x86-avx512", "efficientnet-lite0", Variant.FP32))
+    monkeypatch.setattr(devices, "CPUINFO", _fake_cpuinfo(tmp_path, "znver4"))
+    assert buildable_device(load_device("host"), folder).target == ICELAKE
+    monkeypatch.setattr(devices, "CPUINFO", _fake_cpuinfo(tmp_path, "alderlake"))
+    host = load_device("host")
+    assert buildable_device(host, folder) is host
+    with pytest.raises(UserError, match=r"tuned for another target.*icelake-server"):
+        check_target(folder, host.target, "host")
     assert buildable_device(load_device("x86-nuc"), folder).target["mcpu"] == "x86-64-v3"

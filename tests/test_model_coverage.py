@@ -172,14 +172,14 @@ def test_inspect_lists_an_unsupported_operator_and_exits_2(tmp_path, capsys):
 def test_inspect_on_efficientnet_lists_its_36_tasks_and_their_committed_records(capsys):
     from pipeline.base.paths import TUNING_LOGS
 
-    assert inspect_cli.main(["efficientnet-lite0", "--device", "host"]) == 0
+    assert inspect_cli.main(["efficientnet-lite0", "--device", "x86-avx512"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("fused_",
                                                                                   "mean",
                                                                                   "transpose"))]
-    assert "tasks MetaSchedule tunes for host: 36 (36 with records" in out, out
+    assert "tasks MetaSchedule tunes for x86-avx512: 36 (36 with records" in out, out
     assert len(rows) == 36 and all(int(row[2]) > 0 for row in rows)
-    folder = TUNING_LOGS / "host" / "efficientnet-lite0-fp32"
+    folder = TUNING_LOGS / "x86-avx512" / "efficientnet-lite0-fp32"
     # Every valid record in the committed logs (failed candidates are timed at 1e10 s) belongs
     # to one of the listed tasks.
     records = [json.loads(line)[1] for line in

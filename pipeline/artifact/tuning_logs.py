@@ -157,13 +157,20 @@ def buildable_device(device: DeviceConfig, folder: Path) -> DeviceConfig:
     refuses logs of another target)."""
     import tvm
 
-    targets = record_targets(folder) if device.detected else set()
-    if len(targets) != 1:
+    logged = logged_target(folder) if device.detected else None
+    if logged is None:
         return device
-    logged = {k: v for k, v in json.loads(next(iter(targets))).items() if k in TARGET_KEYS}
     if _canonical(tvm.target.Target(logged)) == _canonical(tvm.target.Target(device.target)):
         return device
     return device.with_target(logged) if runs_target(logged) else device
+
+
+def logged_target(folder: Path) -> dict | None:
+    """The one target the records in `folder` were tuned for (None: no records, or several)."""
+    targets = record_targets(folder)
+    if len(targets) != 1:
+        return None
+    return {k: v for k, v in json.loads(next(iter(targets))).items() if k in TARGET_KEYS}
 
 
 def _canonical(target) -> str:

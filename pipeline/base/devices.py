@@ -108,6 +108,24 @@ def available_devices(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in config_dir.glob("*.yaml"))
 
 
+def x86_classes_fastest_first(config_dir: Path = CONFIG_DIR) -> list[DeviceConfig]:
+    """The shipped x86-64 classes with a fixed target, the one whose CPU model implies the most
+    instruction-set extensions first (AVX-512 + VNNI before AVX2)."""
+    import tvm
+    from tvm.target import codegen
+
+    classes = [load_device(name, config_dir) for name in available_devices(config_dir)]
+    x86 = [c for c in classes
+           if not c.detected and str(c.target.get("mtriple", "")).startswith("x86_64")]
+
+    def extensions(device: DeviceConfig) -> int:
+        implied = codegen.llvm_get_cpu_features(tvm.target.Target(
+            {k: v for k, v in device.target.items() if k in ("kind", "mtriple", "mcpu", "mattr")}))
+        return sum(llvm in implied for llvm in _X86_FEATURES.values())
+
+    return sorted(x86, key=lambda c: (-extensions(c), c.name))
+
+
 def load_device(name_or_path: str, config_dir: Path = CONFIG_DIR) -> DeviceConfig:
     """Load a device class by name (device_configs/NAME.yaml) or by the path of a YAML file."""
     path = Path(name_or_path)

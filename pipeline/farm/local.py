@@ -16,7 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.base.devices import DeviceConfig
+from pipeline.base.devices import DeviceConfig, runs_target
+from pipeline.base.errors import UserError
 from pipeline.farm.inventory import Board, Health, Inventory, TrackerConfig
 from pipeline.farm.lifecycle import Farm
 from pipeline.farm.tracker import TrackerAddress, free_port
@@ -48,12 +49,23 @@ def local_farm(device: DeviceConfig, boards: int = 1) -> Iterator[Farm]:
             watchdog.wait()
 
 
+def runs_here(device: DeviceConfig) -> bool:
+    """Whether a local board of `device` can run its code: natively, or under qemu."""
+    return device.detected or device.emulated_here or runs_target(device.target)
+
+
 @contextlib.contextmanager
 def farm_for(device: DeviceConfig, tracker: TrackerAddress | None) -> Iterator[TrackerAddress]:
     """The tracker to use: `tracker` as given, or an embedded farm's for the block's duration."""
     if tracker is not None:
         yield tracker
         return
+    if not runs_here(device):
+        raise UserError(
+            f"This machine's CPU cannot run code built for {device.name} ({device.target['mcpu']}"
+            f"), so no board of the class can be started here. Give --tracker HOST:PORT of a "
+            f"farm with {device.rpc_key} boards, or build for a class this CPU runs (host picks "
+            f"one).")
     log.info(f"no --tracker: starting an embedded farm with one "
              f"{'emulated ' if device.emulated_here else ''}'{device.rpc_key}' board on this "
              f"machine")

@@ -48,10 +48,13 @@ def operators(proto) -> list[OnnxOperator]:
     convert_map = _frontend_converters()
     seen: dict[str, list] = {}
     for index, node in enumerate(proto.graph.node):
-        entry = seen.setdefault(node.op_type, [node.name or f"#{index}", 0])
+        standard = node.domain in ("", "ai.onnx")
+        op = node.op_type if standard else f"{node.domain}.{node.op_type}"
+        entry = seen.setdefault(op, [node.name or f"#{index}", 0, standard])
         entry[1] += 1
-    return [OnnxOperator(op, first, count, op in convert_map or op in _BUILT_IN)
-            for op, (first, count) in seen.items()]
+    return [OnnxOperator(op, first, count,
+                         standard and (op in convert_map or op in _BUILT_IN))
+            for op, (first, count, standard) in seen.items()]
 
 
 def check_supported(proto, source: str) -> None:

@@ -11,6 +11,7 @@ before packaging, so no artifact exists whose outputs were not checked on a boar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ from pipeline.artifact.tuning_logs import (
     count_records,
     file_hashes,
     log_dir,
+    logged_target,
     snapshot,
 )
-from pipeline.base.devices import DeviceConfig
+from pipeline.base.devices import DeviceConfig, runs_target, x86_classes_fastest_first
 from pipeline.base.files import require_writable_folder, sha256_file
 from pipeline.base.paths import ARTIFACTS, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey
@@ -76,18 +78,20 @@ class JobResult:
 
 def run_job(spec: JobSpec) -> JobResult | None:
     """Returns None when tuning was interrupted (the logs keep every finished trial)."""
-    folder = log_dir(spec.key, spec.log_root)
     dest = spec.out_dir or spec.key.under(ARTIFACTS)
     check_destination(dest, spec.key)  # before any work: nothing of the user's is replaced
     # Logs are only read when nothing is tuned: committed logs may sit in a read-only install.
-    require_writable_folder(folder, "tuning log", writable=spec.trials > 0)
-    device = device_for_logs(spec.device, folder)
+    require_writable_folder(log_dir(spec.key, spec.log_root), "tuning log",
+                            writable=spec.trials > 0)
+    source = logs_for(spec.device, spec.key, spec.log_root, tuning=spec.trials > 0)
+    device, folder = source.device, source.folder
     model = spec.model
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
     imported = import_model(model)
     quantized = quantize(imported, model, device, spec.options)
     lowered = lower(quantized.mod, device.tvm_target())
-    with farm_for(device, spec.tracker) as address:
+    needs_boards = spec.trials > 0 or spec.verify
+    with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
         if spec.trials > 0 and tune(lowered, device, folder, spec.trials, address).interrupted:
             return None
         log.info("building for %s with the logs in %s", device.name, folder)
@@ -106,6 +110,35 @@ def run_job(spec: JobSpec) -> JobResult | None:
             extras = ({CALIBRATION_NAME: plan_to_json(quantized.plan)}
                       if quantized.plan is not None else {})
             return JobResult(dest, write_artifact(dest, built.path, used_logs, manifest, extras))
+
+
+@dataclass(frozen=True)
+class LogSource:
+    device: DeviceConfig  # as these logs build it
+    folder: Path
+    borrowed_from: str | None = None  # the class whose logs a detected host builds with
+
+
+def logs_for(device: DeviceConfig, key: ArtifactKey, log_root: Path,
+             tuning: bool = False) -> LogSource:
+    """The logs a job builds `key` with. A detected `host` with no records of its own for the
+    model borrows those of the fastest shipped x86 class whose instructions this CPU has (an
+    AVX-512 Xeon or EPYC takes x86-avx512's, an AVX2-only CPU x86-nuc's), saying so; with none
+    it builds untuned. Tuning always goes to the key's own folder, for this exact CPU."""
+    own = log_dir(key, log_root)
+    if not device.detected or tuning or count_records(own) > 0:
+        return LogSource(device_for_logs(device, own), own)
+    for candidate in x86_classes_fastest_first():
+        folder = log_dir(ArtifactKey(candidate.name, key.model, key.variant), log_root)
+        target = logged_target(folder) if count_records(folder) else None
+        if target is not None and runs_target(target):
+            log.info("%s: no tuning logs of its own for %s; building with the %s class's logs in "
+                     "%s (tuned for %s, which this CPU runs)", device.name, key.id, candidate.name,
+                     folder, target["mcpu"])
+            return LogSource(device.with_target(target), folder, candidate.name)
+    log.info("%s: no tuning logs for %s here or in any x86 class this CPU runs: building "
+             "untuned (tune with python -m pipeline.tune)", device.name, key.id)
+    return LogSource(device, own)
 
 
 def device_for_logs(device: DeviceConfig, folder: Path) -> DeviceConfig:

@@ -10,7 +10,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifact.tuning_logs import log_dir
 from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import UserError
 from pipeline.base.variant import ArtifactKey, Variant
@@ -20,7 +19,7 @@ from pipeline.compile.tuning import task_records, tunable_tasks
 from pipeline.frontend import onnx_graph
 from pipeline.frontend.importer import import_model
 from pipeline.frontend.models import LoadedModel
-from pipeline.job.build_job import device_for_logs
+from pipeline.job.build_job import logs_for
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,8 @@ class Inspection:
 
 def inspect_model(model: LoadedModel, device: DeviceConfig, log_root: Path) -> Inspection:
     """Operators, layout, tasks and their records, for the fp32 model on `device`."""
-    folder = log_dir(ArtifactKey(device.name, model.name, Variant.FP32), log_root)
+    source = logs_for(device, ArtifactKey(device.name, model.name, Variant.FP32), log_root)
+    device, folder = source.device, source.folder
     operators = _onnx_operators(model) if model.source == "onnx" else ()
     try:
         imported = import_model(model)
@@ -85,7 +85,6 @@ def inspect_model(model: LoadedModel, device: DeviceConfig, log_root: Path) -> I
         return Inspection(model, device.name, operators, folder, problem=str(err))
     if not operators:
         operators = _relax_operators(imported.mod)
-    device = device_for_logs(device, folder)
     target = device.tvm_target()
     with target:
         _, layout = convert_layout(imported.mod)

@@ -18,16 +18,16 @@ from pathlib import Path
 
 from pipeline.artifact.manifest import LIB_NAME, LOGS_DIRNAME, MANIFEST_NAME, read_manifest
 from pipeline.artifact.store import unpack
-from pipeline.artifact.tuning_logs import log_dir, measured_in_order
+from pipeline.artifact.tuning_logs import measured_in_order
 from pipeline.base.devices import load_device
 from pipeline.base.errors import UserError
 from pipeline.base.files import atomic_write, read_yaml
 from pipeline.base.paths import BUILD_ROOT, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey, Variant
-from pipeline.farm.local import farm_for
+from pipeline.farm.local import farm_for, runs_here
 from pipeline.farm.tracker import TrackerAddress, registered_boards
 from pipeline.frontend.models import load_model
-from pipeline.job.build_job import JobSpec, device_for_logs, run_job
+from pipeline.job.build_job import JobSpec, logs_for, run_job
 from pipeline.job.provenance import input_differences
 from pipeline.job.report import REPORT_SCHEMA, EntryResult, NightlyReport, write_report
 from pipeline.quantization.stage import QuantizeOptions
@@ -98,13 +98,17 @@ def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, 
 def _run_entry(key: ArtifactKey, result: EntryResult, tracker: TrackerAddress | None,
                releases: Path, out_dir: Path, log_root: Path) -> None:
     model = load_model(key.model)
-    device = device_for_logs(load_device(key.device), log_dir(key, log_root))
+    device = logs_for(load_device(key.device), key, log_root).device
     verify, note = True, ""
     if tracker is not None and registered_boards(tracker, device.rpc_key) == 0:
         verify = False
         note = f"skipped: no '{device.rpc_key}' board registered at the tracker {tracker}"
+    elif tracker is None and not runs_here(device):
+        verify = False
+        note = (f"skipped: this machine's CPU cannot run {device.target['mcpu']} code and no "
+                f"--tracker was given")
     dest = key.under(out_dir / "artifacts")
-    with farm_for(device, tracker) as address:
+    with farm_for(device, tracker) if verify else contextlib.nullcontext(tracker) as address:
         job = run_job(JobSpec(device, model, 0, address, dest, log_root,
                               QuantizeOptions(variant=key.variant), verify))
     manifest = job.manifest

@@ -13,7 +13,7 @@ from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import UserError
 from pipeline.frontend.models import ZOO_NAMES, LoadedModel, load_model
 
-TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "numpy")
+TOOLCHAIN_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "torch", "onnx", "onnxsim", "numpy")
 
 
 def toolchain_versions(device: DeviceConfig) -> dict[str, str]:
