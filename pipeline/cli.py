@@ -86,9 +86,9 @@ def build_main(args: argparse.Namespace, trials: int | None) -> int:
 
     def body() -> int:
         device = load_device(args.device)
-        spec = JobSpec(device, load_model(args.model, args.input_shape),
-                       device.tuning.trials if trials is None else trials, tracker(args),
-                       args.out, args.logs, quantize_options(args))
+        spec = JobSpec(device, load_model(args.model, args.input_shape), trials, tracker(args),
+                       args.out, args.logs, quantize_options(args),
+                       retune=getattr(args, "retune", False))
         result = run_job(spec)
         if result is None:  # interrupted: the logs are on disk and the farm is down
             raise HardExit(EXIT_INTERRUPTED)

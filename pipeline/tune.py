@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="RPC tracker of the device farm (python -m rpc.farm up starts one; "
                              "default: an embedded farm on 127.0.0.1 with one board: this "
                              "machine for x86 classes, an emulated aarch64 board for ARM ones)")
+    parser.add_argument("--retune", action="store_true",
+                        help="host only: tune for this exact CPU into tuning_logs/host/ even "
+                             "when a committed x86 class's logs would serve (by default host "
+                             "without logs of its own uses those of the fastest x86 class this "
+                             "CPU runs)")
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's own logs")
     args = parser.parse_args(argv)
     return build_main(args, trials=args.trials)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.artifact.tuning_logs import buildable_device, check_target, log_dir
+from pipeline.artifact.tuning_logs import buildable_device, check_target, count_records, log_dir
 from pipeline.base.devices import CONFIG_DIR, available_devices, detect_host_target, load_device
 from pipeline.base.errors import UserError
 from pipeline.base.variant import ArtifactKey, Variant
@@ -143,15 +143,18 @@ def test_host_builds_with_the_fastest_committed_class_this_cpu_runs(tmp_path, mo
     assert host.detected
     key = ArtifactKey("host", "efficientnet-lite0", Variant.FP32)
     source = logs_for(host, key, TUNING_LOGS)
-    assert source.borrowed_from == borrowed
+    assert getattr(source.borrowed_from, "name", None) == borrowed
     if borrowed is None:
         assert source.device is host and source.folder == log_dir(key)
         return
     assert source.folder == log_dir(ArtifactKey(borrowed, key.model, key.variant))
     assert source.device.target["mcpu"] == mcpu and source.device.name == "host"
+    # The default budget is the lender's, which its committed logs meet: nothing is tuned.
+    assert source.budget == load_device(borrowed).tuning.trials <= count_records(source.folder)
     check_target(source.folder, source.device.target, "host")
-    # Tuning never borrows: it tunes this exact CPU into host's own folder.
-    assert logs_for(host, key, TUNING_LOGS, tuning=True).folder == log_dir(key)
+    # --retune never borrows: it tunes this exact CPU into host's own folder.
+    retune = logs_for(host, key, TUNING_LOGS, retune=True)
+    assert retune.folder == log_dir(key) and retune.device is host
 
 
 def test_classes_rank_by_the_extensions_their_cpu_model_implies():

@@ -58,12 +58,15 @@ log = logging.getLogger(__name__)
 class JobSpec:
     device: DeviceConfig
     model: LoadedModel
-    trials: int  # total tuning budget, logs included; 0 builds from the logs as they are
+    # Total tuning budget, logs included; 0 builds from the logs as they are; None: the default
+    # budget of the class whose logs are used.
+    trials: int | None
     tracker: TrackerAddress | None = None  # None: an embedded farm for the job's duration
     out_dir: Path | None = None  # None: artifacts/<device>/<model>-<variant>
     log_root: Path = TUNING_LOGS
     options: QuantizeOptions = field(default_factory=QuantizeOptions)
     verify: bool = True  # False: packaged without verification (no board of the class)
+    retune: bool = False  # host: tune this exact CPU into its own logs, never borrow a class's
 
     @property
     def key(self) -> ArtifactKey:
@@ -82,17 +85,18 @@ def run_job(spec: JobSpec) -> JobResult | None:
     check_destination(dest, spec.key)  # before any work: nothing of the user's is replaced
     # Logs are only read when nothing is tuned: committed logs may sit in a read-only install.
     require_writable_folder(log_dir(spec.key, spec.log_root), "tuning log",
-                            writable=spec.trials > 0)
-    source = logs_for(spec.device, spec.key, spec.log_root, tuning=spec.trials > 0)
+                            writable=spec.trials != 0)
+    source = logs_for(spec.device, spec.key, spec.log_root, retune=spec.retune)
     device, folder = source.device, source.folder
+    trials = source.budget if spec.trials is None else spec.trials
     model = spec.model
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
     imported = import_model(model)
     quantized = quantize(imported, model, device, spec.options)
     lowered = lower(quantized.mod, device.tvm_target())
-    needs_boards = spec.trials > 0 or spec.verify
+    needs_boards = trials > 0 or spec.verify
     with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
-        if spec.trials > 0 and tune(lowered, device, folder, spec.trials, address).interrupted:
+        if trials > 0 and tune(lowered, device, folder, trials, address).interrupted:
             return None
         log.info("building for %s with the logs in %s", device.name, folder)
         with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
@@ -116,17 +120,23 @@ def run_job(spec: JobSpec) -> JobResult | None:
 class LogSource:
     device: DeviceConfig  # as these logs build it
     folder: Path
-    borrowed_from: str | None = None  # the class whose logs a detected host builds with
+    borrowed_from: DeviceConfig | None = None  # the class whose logs a detected host uses
+
+    @property
+    def budget(self) -> int:
+        """The default tuning budget: that of the class whose logs these are."""
+        return (self.borrowed_from or self.device).tuning.trials
 
 
 def logs_for(device: DeviceConfig, key: ArtifactKey, log_root: Path,
-             tuning: bool = False) -> LogSource:
-    """The logs a job builds `key` with. A detected `host` with no records of its own for the
-    model borrows those of the fastest shipped x86 class whose instructions this CPU has (an
-    AVX-512 Xeon or EPYC takes x86-avx512's, an AVX2-only CPU x86-nuc's), saying so; with none
-    it builds untuned. Tuning always goes to the key's own folder, for this exact CPU."""
+             retune: bool = False) -> LogSource:
+    """The logs a job tunes and builds `key` with. A detected `host` with no records of its own
+    for the model borrows those of the fastest shipped x86 class whose instructions this CPU
+    has (an AVX-512 Xeon or EPYC takes x86-avx512's, an AVX2-only CPU x86-nuc's), saying so,
+    and any tuning then adds to them with this machine as a board of that class. With none,
+    or with `retune`, it uses its own folder, for this exact CPU."""
     own = log_dir(key, log_root)
-    if not device.detected or tuning or count_records(own) > 0:
+    if not device.detected or retune or count_records(own) > 0:
         return LogSource(device_for_logs(device, own), own)
     for candidate in x86_classes_fastest_first():
         folder = log_dir(ArtifactKey(candidate.name, key.model, key.variant), log_root)
@@ -135,9 +145,9 @@ def logs_for(device: DeviceConfig, key: ArtifactKey, log_root: Path,
             log.info("%s: no tuning logs of its own for %s; building with the %s class's logs in "
                      "%s (tuned for %s, which this CPU runs)", device.name, key.id, candidate.name,
                      folder, target["mcpu"])
-            return LogSource(device.with_target(target), folder, candidate.name)
-    log.info("%s: no tuning logs for %s here or in any x86 class this CPU runs: building "
-             "untuned (tune with python -m pipeline.tune)", device.name, key.id)
+            return LogSource(device.with_target(target), folder, candidate)
+    log.info("%s: no tuning logs for %s of its own or of any x86 class this CPU runs",
+             device.name, key.id)
     return LogSource(device, own)
 
 
