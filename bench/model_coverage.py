@@ -77,6 +77,7 @@ def main() -> None:
                 if model.onnx_path is not None:
                     options = ort.SessionOptions()
                     options.intra_op_num_threads = args.threads
+                    options.log_severity_level = 3
                     session = ort.InferenceSession(str(model.onnx_path), options,
                                                    providers=["CPUExecutionProvider"])
                     feed = {model.input_name: x}

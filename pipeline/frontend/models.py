@@ -78,7 +78,10 @@ class LoadedModel:
                 return self.torch_module(torch.from_numpy(x)).numpy()
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(self.onnx_path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: old files draw a warning per weight
+        session = ort.InferenceSession(str(self.onnx_path), options,
+                                       providers=["CPUExecutionProvider"])
         return session.run(None, {self.input_name: x})[0]
 
 

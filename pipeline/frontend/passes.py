@@ -72,6 +72,31 @@ class ClipToMinMax:
         return rewrite_call(pattern, rewrite, func)
 
 
+@relax.transform.function_pass(opt_level=0)
+class DropIdentityBroadcasts:
+    """Remove `broadcast_to(x, shape)` where x already has that shape.
+
+    ONNX's variadic ops broadcast every input to the common shape first; when they all have it,
+    the copy does nothing, but ConvertLayout keeps broadcast_to in NCHW with transposes around
+    it (five around the residual sums of an old ResNet file).
+    """
+
+    def transform_function(self, func, mod, ctx):
+        pattern = is_op("relax.broadcast_to")(wildcard(), wildcard())
+
+        def rewrite(expr, matches):
+            call = matches[pattern]
+            source, target = call.args[0].ty, call.ty
+            if not (hasattr(source, "shape") and hasattr(target, "shape")
+                    and source.shape is not None and target.shape is not None):
+                return expr
+            if [str(d) for d in source.shape] != [str(d) for d in target.shape]:
+                return expr
+            return call.args[0]
+
+        return rewrite_call(pattern, rewrite, func)
+
+
 _PAIRWISE = {"relax.max": relax.op.maximum, "relax.min": relax.op.minimum,
              "relax.sum": relax.op.add, "relax.mean": relax.op.add}
 
@@ -117,5 +142,6 @@ def fold_inference_constants() -> tvm.transform.Pass:
         FoldPadIntoConv2D(),
         ClipToMinMax(),
         UnstackReductions(),
+        DropIdentityBroadcasts(),
         relax.transform.FoldConstant(),
     ])
