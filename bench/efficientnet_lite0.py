@@ -1,11 +1,17 @@
 """EfficientNet-Lite0 latency on this machine, side by side in one run: the tuned TVM artifact(s)
-against ONNX Runtime and PyTorch eager, same thread count, batch 1, median of many runs.
+against ONNX Runtime, OpenVINO (f32) and PyTorch eager, same thread count, batch 1, median of
+many runs.
 
     python bench/efficientnet_lite0.py [--artifact artifacts/host/efficientnet-lite0-fp32 ...]
-                                       [--threads 2] [--runs 200]
+                                       [--threads 2] [--runs 200] [--own-process]
 
-Prints one line per runtime and the ratios to ONNX Runtime. Timings of artifacts for emulated
-boards would be meaningless and are not taken: only artifacts that run on this CPU are timed.
+ONNX Runtime gets two exports: torch.onnx's as it is, and the same simplified with onnxsim
+(TF-style padding folded into the convolutions), the faster of which is the peer figure.
+OpenVINO (pip install -e ".[bench]") reads the simplified export. Prints one line per runtime
+and the ratios to the fastest ONNX Runtime; with --own-process every runtime is also timed
+alone in a process of its own (a shared machine's noise then hits one runtime at a time, and
+the interleaved figures show what each run had). Timings of artifacts for emulated boards would
+be meaningless and are not taken: only artifacts that run on this CPU are timed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,19 +54,51 @@ def tvm_runner(artifact: Path, x: np.ndarray):
     return lambda: vm.invoke_stateful("main"), lambda: vm["main"](inp).numpy()
 
 
-def ort_runner(model, x: np.ndarray, threads: int, folder: str):
-    import onnxruntime as ort
+def export_onnx(model, x: np.ndarray, folder: str) -> tuple[str, str]:
+    """torch.onnx's export, and the same simplified for this input shape (onnxsim)."""
+    import onnx
+    import onnxsim
     import torch
 
-    path = os.path.join(folder, "efficientnet-lite0.onnx")
-    torch.onnx.export(model.torch_module, (torch.from_numpy(x),), path, input_names=["input"],
+    plain = os.path.join(folder, "efficientnet-lite0.onnx")
+    torch.onnx.export(model.torch_module, (torch.from_numpy(x),), plain, input_names=["input"],
                       dynamo=False, opset_version=17)
+    simplified, ok = onnxsim.simplify(onnx.load(plain))
+    assert ok, "onnxsim could not check its simplification"
+    lean = os.path.join(folder, "efficientnet-lite0-simplified.onnx")
+    onnx.save(simplified, lean)
+    return plain, lean
+
+
+def ort_runner(path: str, x: np.ndarray, threads: int):
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, {"input": x})[0]
+
+
+def openvino_runner(path: str, x: np.ndarray, threads: int):
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    compiled = ov.Core().compile_model(path, "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})[compiled.output(0)]
+
+
+def _own_process(runtime: str, argv_tail: list[str]) -> tuple[float, float]:
+    """Median and p90 of `runtime` timed alone in a fresh process."""
+    done = subprocess.run([sys.executable, __file__, "--only", runtime, *argv_tail],
+                          capture_output=True, text=True, check=True)
+    median, p90 = done.stdout.split()[-2:]
+    return float(median), float(p90)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="artifact folder(s) to time (default: host and x86-nuc, if built)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--own-process", action="store_true",
+                        help="also time each runtime alone in a process of its own")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # one runtime, for --own-process
     args = parser.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
 
@@ -81,29 +123,46 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model("efficientnet-lite0")
     x = model.sample_input()
     reference = model.reference_output(x)
-    rows: list[tuple[str, float, float, str]] = []
+    artifacts = args.artifact or [a for a in DEFAULT_ARTIFACTS if a.exists()]
+    runners: dict[str, tuple[Callable[[], object], Callable[[], np.ndarray]]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        ort_run = ort_runner(model, x, args.threads, folder)
-        rows.append(("onnxruntime", *median_ms(ort_run, args.runs),
-                     f"top-1 {int(np.argmax(ort_run()))}"))
+        plain, lean = export_onnx(model, x, folder)
+        for name, path in (("onnxruntime", plain), ("onnxruntime (onnxsim export)", lean)):
+            run = ort_runner(path, x, args.threads)
+            runners[name] = (run, run)
+        openvino = openvino_runner(lean, x, args.threads)
+        if openvino is not None:
+            runners["openvino f32"] = (openvino, openvino)
     with torch.no_grad():
         module, inp = model.torch_module, torch.from_numpy(x)
-        rows.append(("pytorch-eager", *median_ms(lambda: module(inp), args.runs),
-                     f"top-1 {int(np.argmax(reference))}"))
-    for artifact in args.artifact or [a for a in DEFAULT_ARTIFACTS if a.exists()]:
+        runners["pytorch-eager"] = (lambda: module(inp), lambda: module(inp).numpy())
+    for artifact in artifacts:
         manifest = read_manifest(artifact)
-        timed, output = tvm_runner(artifact, x)
+        name = (f"tvm {manifest.device.name} ({manifest.tuning.trials} trials, "
+                f"{manifest.device.target['mcpu']})")
+        runners[name] = tvm_runner(artifact, x)
+    if args.only is not None:
+        print(*median_ms(runners[args.only][0], args.runs))
+        return 0
+
+    rows = []
+    for name, (timed, output) in runners.items():
         got = output()
-        error = float(np.max(np.abs(got - reference)))
-        rows.append((f"tvm {manifest.device.name} ({manifest.tuning.trials} trials, "
-                     f"{manifest.device.target['mcpu']})", *median_ms(timed, args.runs),
-                     f"top-1 {int(np.argmax(got))}, max abs err {error:.1e}"))
-    ort_ms = rows[0][1]
+        own = ""
+        if args.own_process:
+            tail = ["--threads", str(args.threads), "--runs", str(args.runs)]
+            tail += [a for artifact in artifacts for a in ("--artifact", str(artifact))]
+            own = f"{_own_process(name, tail)[0]:.2f}"
+        rows.append((name, *median_ms(timed, args.runs), own,
+                     f"top-1 {int(np.argmax(got))}, max abs err "
+                     f"{float(np.max(np.abs(got - reference))):.1e}"))
+    ort_ms = min(r[1] for r in rows if r[0].startswith("onnxruntime"))
     print(f"EfficientNet-Lite0, batch 1, {args.threads} threads, median of {args.runs} runs "
           f"({os.uname().machine}, {os.cpu_count()} cores)")
-    print(f"{'runtime':<48} {'median ms':>10} {'p90 ms':>8} {'x ORT':>7}  notes")
-    for name, median, p90, note in rows:
-        print(f"{name:<48} {median:>10.2f} {p90:>8.2f} {median / ort_ms:>7.2f}  {note}")
+    print(f"{'runtime':<48} {'median ms':>10} {'p90 ms':>8} {'x ORT':>7} {'alone ms':>9}  notes")
+    for name, median, p90, own, note in rows:
+        print(f"{name:<48} {median:>10.2f} {p90:>8.2f} {median / ort_ms:>7.2f} {own:>9}  {note}")
+    print("x ORT: against the faster ONNX Runtime export, both timed interleaved in this run")
     return 0
 
 

@@ -72,7 +72,7 @@ def main() -> None:
                 inp = tvm.runtime.tensor(x)
                 got = vm["main"](inp).numpy()
                 expected = model.reference_output(x)
-                tvm_ms = _median_ms(lambda: vm["main"](inp), args.runs)
+                tvm_ms = _median_ms(lambda vm=vm, inp=inp: vm["main"](inp), args.runs)
                 ort_ms = ""
                 if model.onnx_path is not None:
                     options = ort.SessionOptions()
@@ -81,7 +81,8 @@ def main() -> None:
                     session = ort.InferenceSession(str(model.onnx_path), options,
                                                    providers=["CPUExecutionProvider"])
                     feed = {model.input_name: x}
-                    ort_ms = f"{_median_ms(lambda: session.run(None, feed), args.runs):.3f}"
+                    ort = _median_ms(lambda s=session, f=feed: s.run(None, f), args.runs)
+                    ort_ms = f"{ort:.3f}"
                 print(f"| {name} | {route} | yes | {np.abs(got - expected).max():.1e} | "
                       f"{expected.std():.3f} | {layout.transposes_added} | {tvm_ms:.3f} | "
                       f"{ort_ms} |", flush=True)
