@@ -17,6 +17,7 @@ be meaningless and are not taken: only artifacts that run on this CPU are timed.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -81,11 +82,15 @@ def ort_runner(path: str, x: np.ndarray, threads: int):
     return lambda: session.run(None, {"input": x})[0]
 
 
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def openvino_runner(path: str, x: np.ndarray, threads: int):
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
+    import openvino as ov
+
     compiled = ov.Core().compile_model(path, "CPU", {
         "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32"})
@@ -120,30 +125,33 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.frontend.models import load_model
 
     torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)  # inference only, in every runner below
     model = load_model("efficientnet-lite0")
     x = model.sample_input()
     reference = model.reference_output(x)
     artifacts = args.artifact or [a for a in DEFAULT_ARTIFACTS if a.exists()]
-    runners: dict[str, tuple[Callable[[], object], Callable[[], np.ndarray]]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        plain, lean = export_onnx(model, x, folder)
-        for name, path in (("onnxruntime", plain), ("onnxruntime (onnxsim export)", lean)):
-            run = ort_runner(path, x, args.threads)
-            runners[name] = (run, run)
-        openvino = openvino_runner(lean, x, args.threads)
-        if openvino is not None:
-            runners["openvino f32"] = (openvino, openvino)
-    with torch.no_grad():
-        module, inp = model.torch_module, torch.from_numpy(x)
-        runners["pytorch-eager"] = (lambda: module(inp), lambda: module(inp).numpy())
+    exports = tempfile.TemporaryDirectory(prefix="bench-onnx-")  # removed when it is collected
+    plain, lean = export_onnx(model, x, exports.name)
+
+    def same(run):
+        return run, run
+
+    factories: dict[str, Callable[[], tuple[Callable[[], object], Callable[[], np.ndarray]]]] = {
+        "onnxruntime": lambda: same(ort_runner(plain, x, args.threads)),
+        "onnxruntime (onnxsim export)": lambda: same(ort_runner(lean, x, args.threads))}
+    if openvino_available():
+        factories["openvino f32"] = lambda: same(openvino_runner(lean, x, args.threads))
+    module, inp = model.torch_module, torch.from_numpy(x)
+    factories["pytorch-eager"] = lambda: (lambda: module(inp), lambda: module(inp).numpy())
     for artifact in artifacts:
         manifest = read_manifest(artifact)
         name = (f"tvm {manifest.device.name} ({manifest.tuning.trials} trials, "
                 f"{manifest.device.target['mcpu']})")
-        runners[name] = tvm_runner(artifact, x)
-    if args.only is not None:
-        print(*median_ms(runners[args.only][0], args.runs))
+        factories[name] = functools.partial(tvm_runner, artifact, x)
+    if args.only is not None:  # this runtime alone: no other runtime's threads in the process
+        print(*median_ms(factories[args.only]()[0], args.runs))
         return 0
+    runners = {name: factory() for name, factory in factories.items()}
 
     rows = []
     for name, (timed, output) in runners.items():
