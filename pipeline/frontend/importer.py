@@ -60,9 +60,11 @@ def _import_onnx(model: LoadedModel):
     from tvm.relax.frontend.onnx import from_onnx
 
     source = str(model.onnx_path)
-    proto = onnx_graph.prepare(onnx.load(source), model.input_name, model.input_shape, source)
+    given = onnx.load(source)
+    opset = onnx_graph.opset_of(given)
+    proto = onnx_graph.prepare(given, model.input_name, model.input_shape, source)
     try:
         return from_onnx(proto, shape_dict={model.input_name: list(model.input_shape)},
                          keep_params_in_input=True)
     except Exception as err:  # the frontend raises on unsupported ops and bad shapes alike
-        raise onnx_graph.import_failure(err, proto, source) from None
+        raise onnx_graph.import_failure(err, opset, source) from None

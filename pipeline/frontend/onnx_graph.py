@@ -69,11 +69,11 @@ def check_supported(proto, source: str) -> None:
             f"pipeline.inspect {source} lists them), or report it to Apache TVM with the model.")
 
 
-def import_failure(err: BaseException, proto, source: str) -> UserError:
-    """A converter that raised, made into an error naming the node it was converting."""
+def import_failure(err: BaseException, opset: int, source: str) -> UserError:
+    """A converter that raised, made into an error naming the node it was converting (`opset`:
+    the file's own)."""
     node = _node_being_converted(err)
-    where = (f"its {node.op_type} node '{node.name}' (opset {opset_of(proto)})" if node
-             else f"opset {opset_of(proto)}")
+    where = f"its {node.op_type} node '{node.name}' (opset {opset})" if node else f"opset {opset}"
     reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
     return UserError(f"TVM could not import {source} at {where}: {reason}. Check --input-shape, "
                      f"export the model at another opset, or replace that layer (python -m "
