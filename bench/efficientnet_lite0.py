@@ -3,7 +3,7 @@ against ONNX Runtime, OpenVINO (f32) and PyTorch eager, same thread count, batch
 many runs.
 
     python bench/efficientnet_lite0.py [--artifact artifacts/host/efficientnet-lite0-fp32 ...]
-                                       [--threads 2] [--runs 200] [--own-process]
+                                       [--threads N] [--runs 200] [--own-process]
 
 ONNX Runtime gets two exports: torch.onnx's as it is, and the same simplified with onnxsim
 (TF-style padding folded into the convolutions), the faster of which is the peer figure.
@@ -98,6 +98,16 @@ def openvino_runner(path: str, x: np.ndarray, threads: int):
     return lambda: request.infer({0: x})[compiled.output(0)]
 
 
+def verified_threads(manifests) -> int:
+    """The one thread count the artifacts were verified with (2 when none says)."""
+    counts = {m.verification.threads for m in manifests
+              if m.verification is not None and m.verification.threads}
+    if len(counts) > 1:
+        sys.exit(f"the artifacts were verified with different thread counts {sorted(counts)}: "
+                 f"give --threads, or bench them apart")
+    return counts.pop() if counts else 2
+
+
 def _own_process(runtime: str, argv_tail: list[str]) -> tuple[float, float]:
     """Median and p90 of `runtime` timed alone in a fresh process."""
     done = subprocess.run([sys.executable, __file__, "--only", runtime, *argv_tail],
@@ -111,17 +121,23 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", type=Path, action="append",
                         help="artifact folder(s) to time (default: host and x86-nuc, if built)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int,
+                        help="threads for every runtime (default: those the artifacts were "
+                             "verified with on their board, as their manifests record)")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--own-process", action="store_true",
                         help="also time each runtime alone in a process of its own")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one runtime, for --own-process
     args = parser.parse_args(argv)
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    from pipeline.artifact.manifest import read_manifest
+
+    artifacts = args.artifact or [a for a in DEFAULT_ARTIFACTS if a.exists()]
+    if args.threads is None:
+        args.threads = verified_threads([read_manifest(a) for a in artifacts])
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM starts its thread pool
 
     import torch
 
-    from pipeline.artifact.manifest import read_manifest
     from pipeline.frontend.models import load_model
 
     torch.set_num_threads(args.threads)
@@ -129,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model("efficientnet-lite0")
     x = model.sample_input()
     reference = model.reference_output(x)
-    artifacts = args.artifact or [a for a in DEFAULT_ARTIFACTS if a.exists()]
     exports = tempfile.TemporaryDirectory(prefix="bench-onnx-")  # removed when it is collected
     plain, lean = export_onnx(model, x, exports.name)
 
