@@ -22,6 +22,9 @@ class Variant(enum.Enum):
     INT8 = "int8"
     FP16 = "fp16"
 
+    def __str__(self) -> str:  # as users write it: "int8", never "Variant.INT8"
+        return self.value
+
     @classmethod
     def parse(cls, text: str, what: str = "variant") -> Variant:
         try:
