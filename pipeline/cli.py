@@ -122,18 +122,24 @@ def shape_arg(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+MODEL_HELP = (f"zoo name ({', '.join(ZOO_NAMES)}), an .onnx file, or a PyTorch factory "
+              f"package.module:function (needs --input-shape)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", required=True, metavar="DEVICE",
                         help=f"device class: {', '.join(available_devices())}, or a YAML file")
-    parser.add_argument("--model", required=True, metavar="MODEL",
-                        help=f"zoo name ({', '.join(ZOO_NAMES)}), an .onnx file, or a PyTorch "
-                             f"factory package.module:function (needs --input-shape)")
+    parser.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    add_shape_and_logs_arguments(parser)
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
+
+
+def add_shape_and_logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", type=shape_arg, metavar="N,C,H,W",
                         help="static input shape, e.g. 1,3,224,224 (default: the model's own)")
     parser.add_argument("--logs", type=Path, default=TUNING_LOGS, metavar="DIR",
                         help="root of the tuning logs (default: the repository's tuning_logs/)")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:

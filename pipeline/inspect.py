@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from pipeline.base.devices import available_devices, load_device
-from pipeline.base.paths import TUNING_LOGS
-from pipeline.cli import run_main, shape_arg
-from pipeline.frontend.models import ZOO_NAMES, load_model
+from pipeline.cli import MODEL_HELP, add_shape_and_logs_arguments, run_main
+from pipeline.frontend.models import load_model
 from pipeline.job.inspect_job import inspect_model
 
 
@@ -24,16 +22,11 @@ def main(argv: list[str] | None = None) -> int:
                     "hold for each (fp32). Nothing is written. Exit 0 if the model can be built, "
                     "2 if not.",
         epilog="example: python -m pipeline.inspect efficientnet-lite0 --device host")
-    parser.add_argument("model", metavar="MODEL",
-                        help=f"zoo name ({', '.join(ZOO_NAMES)}), an .onnx file, or a PyTorch "
-                             f"factory package.module:function (needs --input-shape)")
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("--device", default="host", metavar="DEVICE",
                         help=f"device class whose tasks and logs to show: "
                              f"{', '.join(available_devices())}, or a YAML file (default: host)")
-    parser.add_argument("--input-shape", type=shape_arg, metavar="N,C,H,W",
-                        help="static input shape, e.g. 1,3,224,224 (default: the model's own)")
-    parser.add_argument("--logs", type=Path, default=TUNING_LOGS, metavar="DIR",
-                        help="root of the tuning logs (default: the repository's tuning_logs/)")
+    add_shape_and_logs_arguments(parser)
     args = parser.parse_args(argv)
 
     def body() -> int:
