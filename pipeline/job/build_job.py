@@ -83,12 +83,11 @@ def run_job(spec: JobSpec) -> JobResult | None:
     """Returns None when tuning was interrupted (the logs keep every finished trial)."""
     dest = spec.out_dir or spec.key.under(ARTIFACTS)
     check_destination(dest, spec.key)  # before any work: nothing of the user's is replaced
-    # Logs are only read when nothing is tuned: committed logs may sit in a read-only install.
-    require_writable_folder(log_dir(spec.key, spec.log_root), "tuning log",
-                            writable=spec.trials != 0)
     source = logs_for(spec.device, spec.key, spec.log_root, retune=spec.retune)
     device, folder = source.device, source.folder
     trials = source.budget if spec.trials is None else spec.trials
+    # Logs are only read when nothing is tuned: committed logs may sit in a read-only install.
+    require_writable_folder(folder, "tuning log", writable=trials > 0)
     model = spec.model
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
     imported = import_model(model)
