@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.compile.extensions import extensions_for
-from pipeline.compile.layout import convert_layout
+from pipeline.compile.layout import LayoutReport, convert_layout
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,19 @@ def lower(mod, target):
     (MetaSchedule's RewriteLayout); `apply_database` then folds that re-tiling into the
     constants at build time, so it costs nothing at run time.
     """
+    lowered, layout = lower_with_layout(mod, target)
+    if layout.transposes_added or not layout.converted:
+        log.info(layout.describe())
+    return lowered
+
+
+def lower_with_layout(mod, target) -> tuple[object, LayoutReport]:
+    """`lower`, and what the NHWC conversion cost (logged by `lower`, returned here)."""
     import tvm
     from tvm import relax
 
     with target:
         mod, layout = convert_layout(mod)
-        if layout.transposes_added or not layout.converted:
-            log.info(layout.describe())
         return tvm.transform.Sequential([
             relax.transform.FoldConstant(),
             *extensions_for(target).relax_passes(),
@@ -34,7 +40,7 @@ def lower(mod, target):
             relax.transform.CanonicalizeBindings(),
             relax.get_pipeline("zero"),
             relax.transform.AttachAttrLayoutFreeBuffers(),
-        ])(mod)
+        ])(mod), layout
 
 
 def apply_database(lowered_mod, target, database):

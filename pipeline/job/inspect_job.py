@@ -13,8 +13,8 @@ from pathlib import Path
 from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import UserError
 from pipeline.base.variant import ArtifactKey, Variant
-from pipeline.compile.layout import LayoutReport, convert_layout
-from pipeline.compile.lowering import lower
+from pipeline.compile.layout import LayoutReport
+from pipeline.compile.lowering import lower_with_layout
 from pipeline.compile.tuning import task_records, tunable_tasks
 from pipeline.frontend import onnx_graph
 from pipeline.frontend.importer import import_model
@@ -86,9 +86,8 @@ def inspect_model(model: LoadedModel, device: DeviceConfig, log_root: Path) -> I
     if not operators:
         operators = _relax_operators(imported.mod)
     target = device.tvm_target()
-    with target:
-        _, layout = convert_layout(imported.mod)
-    tasks = tunable_tasks(lower(imported.mod, target), target)
+    lowered, layout = lower_with_layout(imported.mod, target)
+    tasks = tunable_tasks(lowered, target)
     records = task_records(folder, tasks) if folder.is_dir() else {}
     rows = tuple(TaskRecords(t.task_name, int(t.weight), *_in_ms(records.get(t.task_name)))
                  for t in tasks)
