@@ -1,5 +1,6 @@
-"""int8 on AVX-512 VNNI: the packed weight layout, the exact zero-point offset of signed inputs,
-and tuning that really tensorizes with our intrinsic (vpdpbusd in the library's machine code)."""
+"""int8 on x86 (AVX-512 VNNI and AVX2): the packed weight layouts, the exact zero-point offset of
+signed inputs, and tuning that really tensorizes with our intrinsics (vpdpbusd / vpmaddwd in the
+library's machine code) and computes exactly."""
 
 import subprocess
 
@@ -8,11 +9,12 @@ import pytest
 
 from pipeline.base.variant import Variant
 from pipeline.compile.host import compile_for_host
-from pipeline.compile.x86.intrinsic import has_vnni
+from pipeline.base.devices import load_device
+from pipeline.compile.x86.intrinsic import AVX2, VNNI, dot_product_for
 from pipeline.compile.x86.packing import pack_weights
 from pipeline.job.build_job import JobSpec, run_job
 from pipeline.quantization.plan import Int8Plan, Layer, TensorRange
-from pipeline.quantization.policy import VNNI
+from pipeline.quantization.policy import VNNI as VNNI_POLICY
 from pipeline.quantization.rewrite import apply_int8
 from pipeline.quantization.stage import QuantizeOptions
 from pipeline.quantization.weights import quantize_weight
@@ -21,21 +23,29 @@ from pipeline.quantization.weights import quantize_weight
 def test_packed_weights_hold_16_outputs_by_4_inputs_contiguous():
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, (8, 24), dtype=np.int8)  # K=8 inputs, N=24 outputs
-    packed = pack_weights(weight)
+    packed = pack_weights(weight, VNNI)
     assert packed.shape == (2, 2, 16, 4) and packed.flags.c_contiguous
+    assert packed.dtype == np.int8
     for k in range(8):
         for n in range(24):
             assert packed[n // 16, k // 4, n % 16, k % 4] == weight[k, n]
     assert not packed[1, :, 8:, :].any()  # outputs 24..31 are padding
 
 
-def test_host_target_is_tensorized_where_the_cpu_has_vnni(host_device):
-    import tvm
+def test_avx2_packed_weights_hold_8_outputs_by_2_inputs_widened_to_int16():
+    weight = np.random.default_rng(0).integers(-127, 128, (6, 12), dtype=np.int8)
+    packed = pack_weights(weight, AVX2)
+    assert packed.shape == (2, 3, 8, 2) and packed.dtype == np.int16
+    for k in range(6):
+        for n in range(12):
+            assert packed[n // 8, k // 2, n % 8, k % 2] == weight[k, n]
+    assert not packed[1, :, 4:, :].any()
 
-    # These machines have AVX-512 VNNI; x86-64-v3 (the NUC class) does not.
-    assert has_vnni(host_device.tvm_target())
-    nuc = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"})
-    assert not has_vnni(nuc)
+
+@pytest.mark.parametrize("device, dot", [("x86-avx512", VNNI), ("x86-nuc", AVX2),
+                                         ("arm-a53", None)])
+def test_each_class_gets_the_dot_product_its_instructions_have(device, dot):
+    assert dot_product_for(load_device(device).tvm_target()) is dot
 
 
 def _one_layer(op: str, channels: int = 12):
@@ -69,7 +79,7 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
     plan = Int8Plan(layers=(Layer(f"{op}_0", 0, unsigned=False),),
                          ranges=(TensorRange(float(np.abs(x).max()), threshold, 0.0),),
                          method="minmax")
-    quantized = apply_int8(mod, plan, VNNI)
+    quantized = apply_int8(mod, plan, VNNI_POLICY)
     text = quantized.script()
     assert '"uint8"' in text  # the offset form, not plain int8
     got = compile_for_host(quantized)(x)[0]
@@ -138,3 +148,22 @@ def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, ho
     disassembly = subprocess.run(["objdump", "-d", str(result.artifact / "lib.so")],
                                  capture_output=True, text=True, check=True).stdout
     assert "vpdpbusd" in disassembly
+
+
+@pytest.mark.slow
+def test_tuned_x86_nuc_int8_library_runs_avx2_dot_products_exactly(tmp_path, tiny_model):
+    """The AVX2 class: int8 matmuls tensorized with vpmaddwd, and the library's output equal to
+    the int8 model's on this machine (exact integer sums: the board's error is 0)."""
+    from pipeline.farm.local import local_farm
+
+    nuc = load_device("x86-nuc")
+    options = QuantizeOptions(variant=Variant.INT8, calibration_count=8, eval_count=16,
+                              max_drop_points=20.0)
+    with local_farm(nuc) as farm:
+        result = run_job(JobSpec(nuc, tiny_model, 40, farm.address, tmp_path / "artifact",
+                         tmp_path / "logs", options=options))
+    verification = result.manifest.verification
+    assert verification.top1_matches_framework and verification.max_abs_error == 0.0
+    disassembly = subprocess.run(["objdump", "-d", str(result.artifact / "lib.so")],
+                                 capture_output=True, text=True, check=True).stdout
+    assert "vpmaddwd" in disassembly and "zmm" not in disassembly

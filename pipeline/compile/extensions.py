@@ -29,12 +29,19 @@ def _generic_space():
                                              mutator_probs="llvm")
 
 
+def _x86(dot: intrinsic.DotProduct, name: str) -> Extensions:
+    return Extensions(name, lambda: [packing.pack_for(dot)], lambda: space.space_generator(dot),
+                      lambda: intrinsic.register_intrinsics(dot))
+
+
 GENERIC = Extensions("generic LLVM CPU", list, _generic_space, lambda: None)
-X86_VNNI = Extensions("x86 AVX-512 VNNI int8", lambda: [packing.pack_for_vnni()],
-                      space.space_generator, intrinsic.register_intrinsic)
+X86_VNNI = _x86(intrinsic.VNNI, "x86 AVX-512 VNNI int8")
+X86_AVX2 = _x86(intrinsic.AVX2, "x86 AVX2 int8 (vpmaddwd)")
 
 
 def extensions_for(target) -> Extensions:
-    """int8 layers packed and tensorized for VNNI on CPUs that have it; elsewhere MetaSchedule's
-    generic LLVM rules (its own x86 VNNI rules never tensorized our HWIO int8 layers)."""
-    return X86_VNNI if intrinsic.has_vnni(target) else GENERIC
+    """int8 layers packed and tensorized for VNNI, or AVX2's vpmaddwd, on CPUs that have them;
+    elsewhere MetaSchedule's generic LLVM rules (its own x86 VNNI rules never tensorized our
+    HWIO int8 layers)."""
+    dot = intrinsic.dot_product_for(target)
+    return {intrinsic.VNNI: X86_VNNI, intrinsic.AVX2: X86_AVX2}.get(dot, GENERIC)

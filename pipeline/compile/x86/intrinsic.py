@@ -1,5 +1,14 @@
-"""int8 on x86 CPUs with AVX-512 VNNI: our dot-product intrinsic, the layout it needs, and the
-MetaSchedule rules that tensorize with it.
+"""int8 on x86 CPUs: our dot-product intrinsics, the weight layout they read, and which one a
+target gets.
+
+- AVX-512 VNNI (`vpdpbusd`): 16 int32 outputs, each the sum of 4 uint8 x int8 products, per
+  instruction. Weights packed [N/16][K/4][16][4] int8.
+- AVX2 (`vpmaddwd`): 8 int32 outputs, each the sum of 2 int16 x int16 products. The 8-bit inputs
+  are widened to int16 (zero- or sign-extended: exact for uint8 and int8 data); the weights are
+  stored widened, packed [N/8][K/2][8][2] int16. AVX2's byte multiply (`vpmaddubsw`) would do
+  twice the products per instruction but saturates its int16 pair sums (255 x 127 x 2 > 32767)
+  unless activations or weights give up a bit; `vpmaddwd` is exact and still does 16
+  multiply-adds per instruction against AVX2 FMA's 8 in float32.
 
 Why TVM 0.27's own VNNI path never built here (measured on this machine):
 - its intrinsic `dot_16x4_vnni` calls `llvm.x86.avx512.vpdpbusd.512` with <16 x i32> operands,
@@ -8,36 +17,74 @@ Why TVM 0.27's own VNNI path never built here (measured on this machine):
   [4 inputs][16 outputs], so no tensorization matched;
 - MetaSchedule vectorized the spatial loop just above the tensorized block, which is already a
   vector instruction: "Cannot broadcast lanes=16 ... to N".
-So: our intrinsic with byte-vector operands, 1x1 convolutions and matmuls rewritten to read
-weights pre-packed as [N/16][K/4][16][4], and a postprocessor that unrolls such loops instead."""
+So: our intrinsics, 1x1 convolutions and matmuls rewritten to read weights pre-packed, and a
+postprocessor that unrolls such loops instead (pipeline.compile.x86.space)."""
 
 from __future__ import annotations
 
-INTRIN = "edge_vnni_u8i8i32_16x4"
+from dataclasses import dataclass
 
 
-LANES, GROUP = 16, 4  # int32 outputs per instruction, bytes summed into each
+@dataclass(frozen=True)
+class DotProduct:
+    """One instruction's dot product: `lanes` int32 outputs, each summing `group` products of a
+    data element (one of `data_dtypes`) and a weight stored as `weight_dtype`."""
+    name: str
+    lanes: int
+    group: int
+    weight_dtype: str
+    data_dtypes: tuple[str, ...]
+
+    def kernel(self, kind: str, data_dtype: str) -> str:
+        """The name of a packed layer's kernel (part of its tuning workload)."""
+        return f"{kind}_{_SHORT[data_dtype]}{_SHORT[self.weight_dtype]}"
+
+    def intrinsic(self, data_dtype: str) -> str:
+        """The name tuning records refer to it by."""
+        return f"edge_{self.name}_{self.kernel('', data_dtype)[1:]}i32_{self.lanes}x{self.group}"
+
+    @property
+    def intrinsics(self) -> tuple[str, ...]:
+        return tuple(self.intrinsic(dtype) for dtype in self.data_dtypes)
+
+
+_SHORT = {"uint8": "u8", "int8": "i8", "int16": "i16"}
+VNNI = DotProduct("vnni", lanes=16, group=4, weight_dtype="int8", data_dtypes=("uint8",))
+AVX2 = DotProduct("avx2", lanes=8, group=2, weight_dtype="int16", data_dtypes=("uint8", "int8"))
+
+
+def _has(target, feature: str) -> bool:
+    from tvm.target import codegen
+
+    return str(target.kind.name) == "llvm" and bool(codegen.target_has_features(feature, target))
 
 
 def has_vnni(target) -> bool:
-    from tvm.target import codegen
-
-    return str(target.kind.name) == "llvm" and bool(
-        codegen.target_has_features("avx512vnni", target))
+    return _has(target, "avx512vnni")
 
 
-def register_intrinsic() -> None:
-    """Register INTRIN once per process (tuning replays it, building too)."""
+def dot_product_for(target) -> DotProduct | None:
+    if has_vnni(target):
+        return VNNI
+    if _has(target, "avx2"):
+        return AVX2
+    return None
+
+
+def register_intrinsics(dot: DotProduct) -> None:
+    """Register `dot`'s intrinsics once per process (tuning replays them, building too)."""
     from tvm.s_tir import TensorIntrin
 
-    if TensorIntrin.get(INTRIN, allow_missing=True) is None:
-        desc, impl = _intrinsic_functions()
-        TensorIntrin.register(INTRIN, desc, impl)
+    for dtype in dot.data_dtypes:
+        if TensorIntrin.get(dot.intrinsic(dtype), allow_missing=True) is None:
+            make = _vnni_functions if dot is VNNI else _avx2_functions
+            TensorIntrin.register(dot.intrinsic(dtype), *make(dtype))
 
 
-def _intrinsic_functions():
-    # Defined here, not imported from tvm.s_tir.tensor_intrin: importing that package parses
-    # every GPU intrinsic (tens of seconds), in each builder process.
+# Defined here, not imported from tvm.s_tir.tensor_intrin: importing that package parses every
+# GPU intrinsic (tens of seconds), in each builder process.
+
+def _vnni_functions(data_dtype: str):
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -66,5 +113,40 @@ def _intrinsic_functions():
                 T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"),
                 b.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16")
+
+    return desc, impl
+
+
+def _avx2_functions(data_dtype: str):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2,), data_dtype, offset_factor=1),
+             b: T.Buffer((8, 2), "int16", offset_factor=1),
+             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            for i, k in T.grid(8, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((2,), data_dtype, offset_factor=1),
+             b: T.Buffer((8, 2), "int16", offset_factor=1),
+             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            # The two data elements widened to int16 (as their type says) form one int32, which
+            # every lane of the int16 product gets.
+            pair = T.reinterpret(T.Cast("int16x2", a.vload([0], f"{data_dtype}x2")),
+                                 dtype="int32")
+            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
+                b.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8")
 
     return desc, impl

@@ -1,19 +1,19 @@
-"""int8 layers rewritten for VNNI: 1x1 convolutions and matmuls read their weights packed as
-[N/16][K/4][16][4] (what pipeline.compile.x86.intrinsic multiplies), and depthwise ones sum
-their 8-bit products exactly in float32 lanes."""
+"""int8 layers rewritten for an x86 dot product (pipeline.compile.x86.intrinsic): 1x1
+convolutions and matmuls read their weights packed as [N/lanes][K/group][lanes][group] (what the
+instruction multiplies), and depthwise ones sum their 8-bit products exactly in float32 lanes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.compile.x86.intrinsic import GROUP, LANES
+from pipeline.compile.x86.intrinsic import DotProduct
 
 
-def pack_for_vnni():
-    """Relax pass (NHWC/HWIO, weights folded to constants): uint8 x int8 1x1 convolutions and
-    matmuls become kernels that read their weights as [N/16][K/4][16][4], which MetaSchedule
-    can tensorize with INTRIN; 8-bit depthwise convolutions sum in float32 lanes (see
-    `_depthwise_call`). Other layers are left alone."""
+def pack_for(dot: DotProduct):
+    """Relax pass (NHWC/HWIO, weights folded to constants): 8-bit x int8 1x1 convolutions and
+    matmuls whose data type `dot` multiplies become kernels that read their weights packed for
+    it, which MetaSchedule can tensorize with its intrinsic; 8-bit depthwise convolutions sum in
+    float32 lanes (see `_depthwise_call`). Other layers are left alone."""
     import tvm
     from tvm import relax
 
@@ -23,17 +23,17 @@ def pack_for_vnni():
     class Packer(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if call.op.same_as(conv2d) and _packable_conv(call):
+            if call.op.same_as(conv2d) and _packable_conv(call, dot):
                 return _packed_call(self.builder_, call.args[0],
-                                    call.args[1].value.numpy()[0, 0], "conv2d_1x1_u8i8")
-            if call.op.same_as(matmul) and _packable_matmul(call):
+                                    call.args[1].value.numpy()[0, 0], dot, "conv2d_1x1")
+            if call.op.same_as(matmul) and _packable_matmul(call, dot):
                 return _packed_call(self.builder_, call.args[0], call.args[1].value.numpy(),
-                                    "matmul_u8i8")
+                                    dot, "matmul")
             if call.op.same_as(conv2d) and _depthwise_8bit(call):
                 return _depthwise_call(self.builder_, call)
             return call
 
-    @tvm.transform.module_pass(opt_level=0, name="PackForVNNI")
+    @tvm.transform.module_pass(opt_level=0, name=f"PackFor{dot.name.upper()}")
     def transform(mod, _ctx):
         packer = Packer(mod)
         packer.builder_.update_func(mod.get_global_var("main"), packer.visit_expr(mod["main"]))
@@ -50,50 +50,54 @@ def _u8_by_i8_const(call, data_dtypes: tuple[str, ...] = ("uint8",)) -> bool:
             and str(weight.ty.dtype) == "int8" and str(call.ty.dtype) == "int32")
 
 
-def _packable_conv(call) -> bool:
+def _packable_conv(call, dot: DotProduct) -> bool:
     attrs = call.attrs
-    if not _u8_by_i8_const(call) or str(attrs.data_layout) != "NHWC":
+    if not _u8_by_i8_const(call, dot.data_dtypes) or str(attrs.data_layout) != "NHWC":
         return False
     h, w, k, _ = (int(d) for d in call.args[1].ty.shape)
     return (str(attrs.kernel_layout) == "HWIO" and (h, w) == (1, 1) and int(attrs.groups) == 1
             and all(int(s) == 1 for s in attrs.strides) and all(int(d) == 1 for d in attrs.dilation)
-            and all(int(p) == 0 for p in attrs.padding) and k % GROUP == 0)
+            and all(int(p) == 0 for p in attrs.padding) and k % dot.group == 0)
 
 
-def _packable_matmul(call) -> bool:
-    return (_u8_by_i8_const(call) and call.args[1].ty.ndim == 2
-            and int(call.args[1].ty.shape[0]) % GROUP == 0)
+def _packable_matmul(call, dot: DotProduct) -> bool:
+    return (_u8_by_i8_const(call, dot.data_dtypes) and call.args[1].ty.ndim == 2
+            and int(call.args[1].ty.shape[0]) % dot.group == 0)
 
 
-def pack_weights(weight: np.ndarray) -> np.ndarray:
-    """(K, N) -> (ceil(N/16), K/4, 16, 4), zero-padded outputs."""
+def pack_weights(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
+    """(K, N) -> (ceil(N/lanes), K/group, lanes, group) of dot's weight type, zero-padded
+    outputs."""
     k, n = weight.shape
-    padded = np.zeros((k, -(-n // LANES) * LANES), "int8")
+    lanes = dot.lanes
+    padded = np.zeros((k, -(-n // lanes) * lanes), dot.weight_dtype)
     padded[:, :n] = weight
     return np.ascontiguousarray(
-        padded.reshape(k // GROUP, GROUP, -1, LANES).transpose(2, 0, 3, 1))
+        padded.reshape(k // dot.group, dot.group, -1, lanes).transpose(2, 0, 3, 1))
 
 
-def _packed_call(builder, data, weight: np.ndarray, name: str):
+def _packed_call(builder, data, weight: np.ndarray, dot: DotProduct, kind: str):
     """data (..., K) x weight (K, N) -> (..., N) int32 with packed weights; padded outputs
     are sliced off outside the kernel."""
     from tvm import relax, te
 
-    packed = pack_weights(weight)
+    packed = pack_weights(weight, dot)
     k_total, n = weight.shape
+    lanes, group = dot.lanes, dot.group
+    name = dot.kernel(kind, str(data.ty.dtype))
 
     def compute(x, wp):
         k = te.reduce_axis((0, k_total), name="k")
         return te.compute(
-            (*x.shape[:-1], packed.shape[0] * LANES),
+            (*x.shape[:-1], packed.shape[0] * lanes),
             lambda *i: te.sum(
                 x[(*i[:-1], k)].astype("int32")
-                * wp[i[-1] // LANES, k // GROUP, i[-1] % LANES, k % GROUP].astype("int32"),
+                * wp[i[-1] // lanes, k // group, i[-1] % lanes, k % group].astype("int32"),
                 axis=k),
             name=name)
 
     out = builder.emit_te(compute, data, relax.const(packed), primfunc_name_hint=name)
-    if packed.shape[0] * LANES == n:
+    if packed.shape[0] * lanes == n:
         return out
     axis = data.ty.ndim - 1
     return relax.op.strided_slice(out, axes=[axis], begin=[0], end=[n])

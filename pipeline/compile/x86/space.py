@@ -1,13 +1,13 @@
-"""MetaSchedule's x86 rules with our VNNI intrinsic, and the postprocessor that unrolls a
-vectorized loop over a tensorized block instead (see pipeline.compile.x86.intrinsic)."""
+"""MetaSchedule's x86 rules with our dot-product intrinsics, and the postprocessor that unrolls
+a vectorized loop over a tensorized block instead (see pipeline.compile.x86.intrinsic)."""
 
 from __future__ import annotations
 
-from pipeline.compile.x86.intrinsic import INTRIN
+from pipeline.compile.x86.intrinsic import DotProduct
 
 
-def space_generator():
-    """MetaSchedule's x86 default, with our intrinsic and our postprocessor."""
+def space_generator(dot: DotProduct):
+    """MetaSchedule's x86 default, with `dot`'s intrinsics and our postprocessor."""
     from tvm.s_tir import meta_schedule as ms
 
     rule, post = ms.schedule_rule, ms.postproc
@@ -19,8 +19,8 @@ def space_generator():
                         disallow_if_then_else=True, require_injective=True,
                         require_ordered=True, disallow_op=["tirx.exp"]),
         rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
-        rule.MultiLevelTilingWithIntrin(INTRIN, structure="SSRSRS", max_innermost_factor=64,
-                                        reuse_write=reuse),
+        *(rule.MultiLevelTilingWithIntrin(name, structure="SSRSRS", max_innermost_factor=64,
+                                          reuse_write=reuse) for name in dot.intrinsics),
         rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=reuse),
         rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
                                         unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
