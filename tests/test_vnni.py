@@ -7,9 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from pipeline.base.devices import load_device
 from pipeline.base.variant import Variant
 from pipeline.compile.host import compile_for_host
-from pipeline.base.devices import load_device
 from pipeline.compile.x86.intrinsic import AVX2, VNNI, dot_product_for
 from pipeline.compile.x86.packing import pack_weights
 from pipeline.job.build_job import JobSpec, run_job
