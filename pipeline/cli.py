@@ -95,8 +95,11 @@ def build_main(args: argparse.Namespace, trials: int | None) -> int:
         check = result.manifest.verification
         print(f"artifact: {result.artifact}")
         if check is not None:
-            latency = (f", {check.latency_ms_median:.2f} ms median on the board"
-                       if check.latency_ms_median is not None else "")
+            latency = ""
+            if check.latency_ms_median is not None:
+                how = (check.timing if check.timing and check.timing != "measured"
+                       else "measured")
+                latency = f", {check.latency_ms_median:.2f} ms median on the board ({how})"
             print(f"verified on a '{check.board}' board: max abs error "
                   f"{check.max_abs_error:.2e}, top-1 "
                   f"{'matches' if check.top1_matches_framework else 'DIFFERS from'} the "

@@ -69,7 +69,8 @@ def print_status(farm: Farm) -> None:
     for key, row in class_counts(farm, statuses).items():
         print(f"  {key}: " + ", ".join(f"{n} {label}" for label, n in row.items() if n))
     for s in statuses:
-        note = " (emulated: timings not real)" if s.emulated else ""
+        note = (" (timings from the class's timing model)" if s.modeled
+                else " (emulated: timings not real)" if s.emulated else "")
         print(f"    {s.name:<16} {s.state:<12} {s.where}{note}")
 
 

@@ -46,6 +46,10 @@ def _free_port():
     (lambda r: r.update(tracker={"host": "0.0.0.0"}), "advertise' is needed"),
     (lambda r: r["boards"][1]["ssh"].update(python="python3"), "must be an absolute path"),
     (lambda r: r["boards"][1]["ssh"].update(key="/nonexistent/key"), "does not exist"),
+    (lambda r: r["boards"][0].update(timing="fast"), "must be measured, emulated or modeled"),
+    (lambda r: r["boards"][1].update(timing="modeled"), "modeled is for local emulated boards"),
+    (lambda r: r["boards"].append({"name": "c", "class": "arm-a53", "emulated": True,
+                                   "timing": "modeled"}), "mixes modeled and other boards"),
 ])
 def test_inventory_mistakes_are_named(change, message, tmp_path):
     key = tmp_path / "id"

@@ -80,6 +80,10 @@ class Verification:
     latency_ms_median: float | None  # None on emulated boards: their timings mean nothing
     latency_ms_p90: float | None
     threads: int | None = None  # TVM threads on the board (None: not told by the board)
+    # What the latency is: "measured", or a timing model's label ("modeled (Cortex-A53 model
+    # v1)") on a modeled board; None when not timed. A modeled figure is never compared with
+    # a measured one.
+    timing: str | None = None
     # Why the comparison proves little (an output that is constant, or the same for every
     # input); None when the reference output varies.
     reference_degenerate: str | None = None

@@ -25,7 +25,17 @@ Capability = Literal["fp16", "int8", "dotprod", "neon", "avx2", "avx512", "vnni"
 CAPABILITIES: frozenset[str] = frozenset(get_args(Capability))
 TARGET_KEYS = frozenset({"kind", "mtriple", "mcpu", "mattr", "num-cores"})
 _TOP_KEYS = frozenset({"name", "description", "target", "cross_compiler", "rpc_key", "cores",
-                       "capabilities", "tuning", "emulated_cpu"})
+                       "capabilities", "tuning", "emulated_cpu", "timing_model"})
+# The parameters rpc/timing_model.c takes (all of them, each a non-negative integer).
+TIMING_PARAMETERS = frozenset({
+    "freq_mhz", "out_of_order", "width", "rob", "fma_accumulate_latency",
+    *(f"latency_{kind}" for kind in ("alu", "mul", "div", "branch", "load", "store", "fp", "fma",
+                                     "valu", "vmul", "vperm")),
+    "alu_units", "mac_units", "branch_units", "load_units", "store_units", "fp_units",
+    "fmac_units", "store_shares_load", "fmac_shares_fp", "q_load_cycles", "q_store_cycles",
+    "q_fp_cycles", "l1_kb", "l1_ways", "l2_kb", "l2_ways", "line", "l2_cycles", "dram_cycles",
+    "dram_bytes_per_kcycle", "streams", "exposed_percent"})
+_TIMING_OPTIONAL = frozenset({"rob"})  # out-of-order cores only
 _TUNING_KEYS = frozenset({"trials", "trials_per_task"})
 
 # /proc/cpuinfo flag -> LLVM feature, for the x86 extensions a CPU model may imply but this
@@ -55,6 +65,17 @@ class Tuning:
 
 
 @dataclass(frozen=True)
+class TimingModel:
+    """The class's core as the modeled board's timing model sees it (rpc/TIMING_MODEL.md)."""
+    core: str  # e.g. Cortex-A53
+    parameters: tuple[tuple[str, int], ...]  # sorted by name
+
+    @property
+    def freq_mhz(self) -> int:
+        return dict(self.parameters)["freq_mhz"]
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     name: str
     description: str
@@ -67,6 +88,7 @@ class DeviceConfig:
     source: Path
     emulated_cpu: str | None = None
     detected: bool = False  # `target: detect`: this machine's CPU, read off at load
+    timing_model: TimingModel | None = None  # aarch64 classes: what a modeled board runs
 
     def with_target(self, target: dict[str, Any]) -> DeviceConfig:
         return replace(self, target=dict(target))
@@ -172,11 +194,33 @@ def _parse(raw: dict[str, Any], path: Path) -> DeviceConfig:
     for key in ("description", "cross_compiler", "emulated_cpu"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
             raise fail(key, "must be a string")
+    timing = _parse_timing_model(raw["timing_model"], fail) if "timing_model" in raw else None
+    if timing is not None and not str(target.get("mtriple", "")).startswith("aarch64"):
+        raise fail("timing_model", "is for aarch64 classes only (the model runs under qemu)")
     return DeviceConfig(
         name=raw["name"], description=str(raw.get("description", "")), target=target,
         cross_compiler=raw.get("cross_compiler"), rpc_key=_string(raw["rpc_key"], "rpc_key", fail),
         cores=cores, capabilities=frozenset(caps), tuning=tuning, source=path,
-        emulated_cpu=raw.get("emulated_cpu"), detected=raw["target"] == "detect")
+        emulated_cpu=raw.get("emulated_cpu"), detected=raw["target"] == "detect",
+        timing_model=timing)
+
+
+def _parse_timing_model(raw: Any, fail) -> TimingModel:
+    if not isinstance(raw, dict) or not isinstance(raw.get("core"), str):
+        raise fail("timing_model", "must be a mapping with a core name and the model's "
+                                   "parameters")
+    values = {k: v for k, v in raw.items() if k != "core"}
+    _reject_unknown(values, TIMING_PARAMETERS, "timing_model.", fail)
+    missing = TIMING_PARAMETERS - _TIMING_OPTIONAL - set(values)
+    if missing:
+        raise fail("timing_model", f"lacks {sorted(missing)}")
+    for key, value in values.items():
+        _count(value, f"timing_model.{key}", fail, minimum=0)
+    if values.get("out_of_order") and not values.get("rob"):
+        raise fail("timing_model.rob", "must be given (>= 1) for an out-of-order core")
+    if not values["freq_mhz"]:
+        raise fail("timing_model.freq_mhz", "must be >= 1")
+    return TimingModel(raw["core"], tuple(sorted(values.items())))
 
 
 MAX_COUNT = 10_000_000  # beyond any budget or core count, and within MetaSchedule's int32

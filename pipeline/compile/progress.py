@@ -22,9 +22,11 @@ class Progress:
     """Trials done/total, best latency per task, estimated model latency, ETA."""
 
     def __init__(self, tasks, before: int, total: int, folder: Path | None = None,
-                 emulated: bool = False):
+                 timing: str | None = "measured"):
         self.names = [t.task_name for t in tasks]
-        self.emulated = emulated  # timings from qemu: ranks candidates roughly, not performance
+        # What the boards' timings are: "measured", a timing model's label ("modeled (...)"),
+        # or None for emulated boards (qemu's wall clock: ranks candidates roughly, no figure)
+        self.timing = timing
         self.weights = {t.task_name: t.weight for t in tasks}
         self.best: dict[str, float] = {}
         self.before, self.total = before, total
@@ -55,8 +57,10 @@ class Progress:
             f"? ({len(self.best)}/{len(self.names)} tasks measured)")
         best = self.best.get(task_name)
         best_text = _duration(best) if best is not None else "none valid yet"
-        if self.emulated:
+        if self.timing is None:
             best_text, est = f"{best_text} (emulated)", f"{est} (emulated, not a real figure)"
+        elif self.timing != "measured":
+            best_text, est = f"{best_text} {self.timing}", f"{est} {self.timing}"
         log.info(f"[{done}/{self.total} trials] {task_name}: best {best_text} | model est. "
                  f"{est} | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
 

@@ -110,8 +110,13 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
                  f"to tune" + (f"; estimated model latency {estimate:.2f} ms" if estimate else ""))
         return TuneResult(folder, before, before, len(extracted), progress.estimate_ms())
     boards = wait_for_boards(tracker, device.rpc_key)
-    emulated = progress.emulated = board_info(tracker, device.rpc_key).emulated
-    if emulated:
+    board = board_info(tracker, device.rpc_key)
+    emulated = board.emulated
+    progress.timing = board.timing
+    if board.modeled:
+        log.info(f"the '{device.rpc_key}' boards are {board.modeled}: candidates are ranked by "
+                 f"the model's latency")
+    elif emulated:
         log.info(f"the '{device.rpc_key}' boards are emulated: candidates are checked there, "
                  f"but their timings are not performance figures")
     log.info(f"tuning {len(todo)} of {len(extracted)} tasks on {boards} '{device.rpc_key}' "
@@ -140,7 +145,7 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
                 f_export=functools.partial(export_shared, compiler=device.compiler(),
                                            scratch=str(candidates)),
                 timeout_sec=120 if emulated else 30),
-            runner=_runner(device, tracker, boards, emulated),
+            runner=_runner(device, tracker, boards, emulated, bool(board.modeled)),
             database=database, cost_model="xgb",
             # Round-robin joins every finished batch before picking the next task, so each
             # measured trial reaches the logs at once; the gradient scheduler holds the whole
@@ -282,10 +287,14 @@ def _history(database, task) -> tuple[int, float | None]:
     return len(records), best
 
 
-def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool):
+def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool,
+            modeled: bool = False):
     from tvm.s_tir import meta_schedule as ms
 
-    if emulated:  # emulated timings are meaningless: one run each, only to prove it runs
+    if modeled:  # the model gives the same time every run: one run after the uncounted one
+        evaluator = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0)
+        timeout = 300  # a candidate runs at about a 40th of native speed under the model
+    elif emulated:  # emulated timings are meaningless: one run each, only to prove it runs
         evaluator = ms.runner.EvaluatorConfig(number=1, repeat=1, min_repeat_ms=0)
         # A candidate takes seconds under qemu, but now and then a session forked by the
         # board's multi-threaded server hangs: it is abandoned after

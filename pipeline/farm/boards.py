@@ -1,5 +1,5 @@
 """Running a library on a board of the farm through the tracker: which board answered,
-whether it is emulated, its output and its timings."""
+whether it is emulated (or modeled), its output and its timings."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ from pipeline.base.errors import UserError
 from pipeline.farm.tracker import TrackerAddress
 
 WARMUP_RUNS = 10
+# A modeled board's figure is the same on every run: a few runs show it, each costs seconds.
+MODELED_WARMUP_RUNS, MODELED_REPEATS = 1, 3
 
 
 @dataclass(frozen=True)
 class BoardInfo:
     name: str
-    emulated: bool  # its timings are not performance figures
+    emulated: bool  # its wall-clock timings are not performance figures
     threads: int | None = None  # TVM's worker threads there (None: a server not of our farm)
+    modeled: str | None = None  # its timings come from a timing model, labelled so
+
+    @property
+    def timing(self) -> str | None:
+        """What its timings are: 'measured', the model's label, or None (not timed)."""
+        if self.modeled:
+            return self.modeled
+        return None if self.emulated else "measured"
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,17 @@ def board_info(tracker: TrackerAddress, key: str, timeout_s: int = 120) -> Board
 def run_on_board(lib: Path, tracker: TrackerAddress, key: str, x: np.ndarray,
                  repeats: int = 30, timeout_s: int = 600) -> BoardRun:
     """Upload `lib` to a free board of `key`, run `main(x)`, and time `repeats` runs (not on
-    an emulated board, whose timings mean nothing)."""
+    an emulated board, whose timings mean nothing; a few on a modeled one)."""
     import tvm
     from tvm import relax
 
     remote = _request(tracker, key, timeout_s)
     board = _describe(remote, key)
-    repeats = 0 if board.emulated else repeats
+    warmup = WARMUP_RUNS
+    if board.modeled:
+        warmup, repeats = MODELED_WARMUP_RUNS, min(repeats, MODELED_REPEATS)
+    elif board.emulated:
+        repeats = 0
     remote.upload(str(lib))
     module = remote.load_module(lib.name)
     dev = remote.cpu()
@@ -55,7 +69,7 @@ def run_on_board(lib: Path, tracker: TrackerAddress, key: str, x: np.ndarray,
         vm.set_input("main", inp)
         # Warmed up first, as a user's application is after its first calls (thread pool
         # started, caches and pages warm): those first runs are not what users wait for.
-        vm.time_evaluator("invoke_stateful", dev, number=WARMUP_RUNS, repeat=1)("main")
+        vm.time_evaluator("invoke_stateful", dev, number=warmup, repeat=1)("main")
         timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeats,
                                   min_repeat_ms=0)
         times = tuple(float(t) * 1e3 for t in timer("main").results)
@@ -81,6 +95,7 @@ def _describe(remote, key: str) -> BoardInfo:
         info = json.loads(remote.get_function("edge_tvm.board_info")())
     except (AttributeError, RuntimeError, ValueError):
         return BoardInfo(key, emulated=False)
-    threads = info.get("threads")
+    threads, modeled = info.get("threads"), info.get("modeled")
     return BoardInfo(str(info.get("name", key)), bool(info.get("emulated", False)),
-                     threads if isinstance(threads, int) else None)
+                     threads if isinstance(threads, int) else None,
+                     modeled if isinstance(modeled, str) and modeled else None)

@@ -46,7 +46,7 @@ BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 
 
-APT_HINT = "apt-get install qemu-user-static mmdebstrap g++-aarch64-linux-gnu"
+APT_HINT = "apt-get install qemu-user-static qemu-user gcc mmdebstrap g++-aarch64-linux-gnu"
 
 
 def rootfs_dir(root: Path = BOARDS_ROOT) -> Path:

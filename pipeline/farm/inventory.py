@@ -9,10 +9,13 @@
       - name: a53-emu-1
         class: arm-a53
         emulated: true                             # TVM's RPC server under qemu on this machine
+        timing: modeled                            # timed by the class's timing model
 
 A board with `ssh` is reached over SSH; one without runs on this machine (aarch64 classes under
 qemu, which it must say with `emulated: true`). `emulated: true` on an SSH board labels its
-timings as not real too.
+timings as not real too. `timing: modeled` (local emulated boards of a class with a
+`timing_model`) runs qemu with the model of the class's core (pipeline.farm.modeled): such a
+board's timings are modeled figures, labelled so; `timing: emulated` checks results only.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ DEFAULT_RPC_PORT = 9090
 _TOP = frozenset({"tracker", "health", "boards"})
 _TRACKER = frozenset({"host", "port", "advertise"})
 _HEALTH = frozenset({"max_restarts", "window_s", "start_timeout_s"})
-_BOARD = frozenset({"name", "class", "ssh", "emulated", "rpc_port"})
+_BOARD = frozenset({"name", "class", "ssh", "emulated", "rpc_port", "timing"})
 _SSH = frozenset({"host", "port", "user", "key", "python", "workdir", "known_hosts", "bind"})
 
 
@@ -76,6 +79,7 @@ class Board:
     ssh: SshAccess | None
     emulated: bool
     rpc_port: int | None  # None: any free port (local boards)
+    modeled: bool = False  # emulated, and timed by the class's timing model
 
     @property
     def key(self) -> str:
@@ -84,6 +88,8 @@ class Board:
     @property
     def where(self) -> str:
         if self.ssh is None:
+            if self.modeled:
+                return "this machine (qemu, modeled timing)"
             return "this machine (qemu)" if self.emulated else "this machine"
         return f"{self.ssh.user}@{self.ssh.host}:{self.ssh.port}"
 
@@ -141,6 +147,13 @@ def parse_inventory(raw: Any, path: Path | None = None) -> Inventory:
     for name in names:
         if names.count(name) > 1:
             raise fail(f"boards[name={name}]", "appears twice; board names must be unique")
+    for key in {b.key for b in boards}:
+        kinds = {b.modeled for b in boards if b.key == key}
+        if len(kinds) > 1:
+            raise fail("boards", f"mixes modeled and other boards under the key '{key}': a "
+                                 f"tuning run takes any board of a key, and modeled figures "
+                                 f"must not be ranked against measured or emulated ones. Give "
+                                 f"every {key} board the same timing")
     places = [(b.ssh.host, b.rpc_port) for b in boards if b.ssh is not None]
     for place in places:
         if places.count(place) > 1:
@@ -167,11 +180,22 @@ def _board(raw: Any, index: int, fail) -> Board:
                                f"machine: add `emulated: true` (qemu) or an `ssh:` section")
     if ssh is None and emulated and not device.is_aarch64:
         raise fail(f"{entry}.emulated", "is only for aarch64 classes; x86 boards run natively")
+    timing = raw.get("timing", "emulated" if emulated else "measured")
+    if timing not in ("measured", "emulated", "modeled"):
+        raise fail(f"{entry}.timing", "must be measured, emulated or modeled")
+    if timing == "modeled" and (ssh is not None or not emulated):
+        raise fail(f"{entry}.timing", "modeled is for local emulated boards (emulated: true, "
+                                      "no ssh)")
+    if timing == "modeled" and device.timing_model is None:
+        raise fail(f"{entry}.timing", f"is modeled, but class {device.name} has no "
+                                      f"timing_model in {device.source}")
+    if timing == "emulated" and not emulated:
+        raise fail(f"{entry}.timing", "is emulated on a board without emulated: true")
     default_port = DEFAULT_RPC_PORT if ssh is not None else None
     rpc_port = raw.get("rpc_port", default_port)
     if rpc_port is not None:
         rpc_port = _port(rpc_port, f"{entry}.rpc_port", fail)
-    return Board(raw["name"], device, ssh, emulated, rpc_port)
+    return Board(raw["name"], device, ssh, emulated, rpc_port, modeled=timing == "modeled")
 
 
 def _ssh(raw: Any, entry: str, fail) -> SshAccess:

@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline.base.background import every
 from pipeline.base.errors import UserError
 from pipeline.base.paths import BOARD_SCRIPTS, BUILD_ROOT
-from pipeline.farm import emulated, ssh
+from pipeline.farm import emulated, modeled, ssh
 from pipeline.farm.inventory import Board, Inventory
 from pipeline.farm.processes import kill_group, local_alive, spawn, start_time
 from pipeline.farm.tracker import (
@@ -78,6 +78,7 @@ class BoardStatus:
     where: str
     state: str  # up | starting | dead | quarantined | stopped
     emulated: bool
+    modeled: bool = False
 
 
 class Farm:
@@ -167,7 +168,8 @@ class Farm:
                 label = "starting"
             else:
                 label = "dead"
-            statuses.append(BoardStatus(board.name, board.key, board.where, label, board.emulated))
+            statuses.append(BoardStatus(board.name, board.key, board.where, label, board.emulated,
+                                        board.modeled))
         return statuses
 
     def heal(self) -> list[str]:
@@ -250,16 +252,22 @@ class Farm:
         tracker = f"{self.inventory.tracker.address_for_boards}:{self.address.port}"
         args = ["--tracker", tracker, "--key", board.key, "--name", board.name]
         args += ["--emulated"] if board.emulated else []
+        args += ["--modeled", modeled.label(board.device)] if board.modeled else []
         # As many TVM threads as the class has cores (on this machine, no more than it has):
         # TVM's default on x86 is half the logical CPUs, one thread on a 2-vCPU machine, so
-        # tuning and verification would time what no user runs.
+        # tuning and verification would time what no user runs. The timing model models one
+        # core.
         threads = board.device.cores if board.ssh else min(board.device.cores,
                                                             os.cpu_count() or 1)
-        args += ["--threads", str(threads)]
+        args += ["--threads", str(1 if board.modeled else threads)]
         if board.ssh is None:
             port = board.rpc_port or free_port()
-            python = (str(emulated.require_ready(board.device.emulated_cpu or "cortex-a53"))
-                      if board.emulated else sys.executable)
+            if board.modeled:
+                python = str(modeled.require_ready(board.device))
+            elif board.emulated:
+                python = str(emulated.require_ready(board.device.emulated_cpu or "cortex-a53"))
+            else:
+                python = sys.executable
             log_path = self.state_dir / f"{board.name}.log"
             pid = spawn([python, str(BOARD_SERVER), *args, "--host", "127.0.0.1",
                          "--port", str(port)], log_path)

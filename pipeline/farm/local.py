@@ -1,8 +1,9 @@
 """The embedded farm: with no --tracker, the pipeline starts its own on this machine.
 
 A loopback tracker and local boards of the device class (x86 classes natively, aarch64 classes
-as emulated boards under qemu), watched for health like any farm, and stopped on exit. Tuning
-and verification go through the same RPC path as on a real farm.
+as emulated boards under qemu, timed by the class's timing model where it has one), watched for
+health like any farm, and stopped on exit. Tuning and verification go through the same RPC path
+as on a real farm.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def local_farm(device: DeviceConfig, boards: int = 1) -> Iterator[Farm]:
-    """A tracker plus `boards` local boards of `device` for the duration of the block."""
+def local_farm(device: DeviceConfig, boards: int = 1,
+               modeled: bool | None = None) -> Iterator[Farm]:
+    """A tracker plus `boards` local boards of `device` for the duration of the block; emulated
+    ones are modeled (`modeled` None: where the class has a timing model)."""
+    emulated = device.emulated_here
+    if modeled is None:
+        modeled = emulated and device.timing_model is not None
     inventory = Inventory(
         TrackerConfig("127.0.0.1", free_port()), Health(),
-        tuple(Board(f"{device.name}-{i + 1}", device, None, device.emulated_here, None)
+        tuple(Board(f"{device.name}-{i + 1}", device, None, emulated, None,
+                    modeled=modeled and emulated)
               for i in range(boards)))
     with tempfile.TemporaryDirectory(prefix="pipeline-farm-") as tmp:
         farm = Farm(inventory, Path(tmp))
@@ -66,8 +73,9 @@ def farm_for(device: DeviceConfig, tracker: TrackerAddress | None) -> Iterator[T
             f"), so no board of the class can be started here. Give --tracker HOST:PORT of a "
             f"farm with {device.rpc_key} boards, or build for a class this CPU runs (host picks "
             f"one).")
-    log.info(f"no --tracker: starting an embedded farm with one "
-             f"{'emulated ' if device.emulated_here else ''}'{device.rpc_key}' board on this "
-             f"machine")
+    kind = ("modeled " if device.emulated_here and device.timing_model is not None
+            else "emulated " if device.emulated_here else "")
+    log.info(f"no --tracker: starting an embedded farm with one {kind}'{device.rpc_key}' board "
+             f"on this machine")
     with local_farm(device) as farm:
         yield farm.address

@@ -122,8 +122,13 @@ def _run_entry(key: ArtifactKey, result: EntryResult, tracker: TrackerAddress | 
         result.max_abs_error = check.max_abs_error
         result.top1_matches = check.top1_matches_framework
         result.latency_ms = check.latency_ms_median
-        result.verify_note = ("emulated board: outputs checked, not benchmarked" if check.emulated
-                              else "outputs checked and benchmarked")
+        result.timing = check.timing or ("measured" if check.latency_ms_median else None)
+        if check.timing and check.timing != "measured":
+            result.verify_note = f"outputs checked; latency {check.timing}"
+        elif check.emulated:
+            result.verify_note = "emulated board: outputs checked, not benchmarked"
+        else:
+            result.verify_note = "outputs checked and benchmarked"
     _compare_with_release(result, key, releases, device, model, manifest)
 
 
@@ -161,6 +166,9 @@ def _compare_with_previous(result: EntryResult, previous: NightlyReport | None,
                            threshold: float) -> None:
     before = previous.entry(result.id) if previous is not None else None
     if before is None:
+        return
+    if (before.timing or "measured") != (result.timing or "measured"):
+        # A modeled figure (or another model version) is never compared with a measured one.
         return
     result.previous_latency_ms = before.latency_ms
     if result.latency_ms is not None and result.previous_latency_ms:

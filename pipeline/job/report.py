@@ -28,6 +28,7 @@ class EntryResult:
     board: str | None = None  # None: not verified (see verify_note)
     verify_note: str = ""
     emulated: bool = False
+    timing: str | None = None  # what latency_ms is: "measured" or a timing model's label
     latency_ms: float | None = None
     previous_latency_ms: float | None = None
     max_abs_error: float | None = None
@@ -109,6 +110,8 @@ def _row(e: EntryResult) -> str:
     latency = "-" if e.latency_ms is None else f"{e.latency_ms:.3f}"
     if e.previous_latency_ms is not None:
         latency += f" ({e.previous_latency_ms:.3f})"
+    if e.latency_ms is not None and e.timing and e.timing != "measured":
+        latency += f" {e.timing}"
     error = "-" if e.max_abs_error is None else f"{e.max_abs_error:.2e}"
     board = e.board or "not verified"
     notes = "; ".join(n for n in [*e.problems, e.error, e.release_note, e.verify_note] if n)
@@ -122,7 +125,9 @@ def _latency_plot(nights: list[NightlyReport]) -> str:
     for i, night in enumerate(nights):
         for e in night.entries:
             if e.latency_ms is not None:
-                series.setdefault(e.id, []).append((i, e.latency_ms))
+                # Modeled and measured figures are separate series, never one line.
+                name = e.id if (e.timing or "measured") == "measured" else f"{e.id}, {e.timing}"
+                series.setdefault(name, []).append((i, e.latency_ms))
     fig, ax = _figure()
     for name, points in sorted(series.items()):
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)

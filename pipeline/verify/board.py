@@ -39,7 +39,8 @@ def verify_on_board(lib: Path, model: LoadedModel, quantized: Quantized, device:
     run = run_on_board(lib, address, device.rpc_key, x)
     checked = verification(run, reference, degenerate)
     log.info(f"  ran on board {run.board.name}"
-             + (" (emulated: not timed)" if run.board.emulated else ""))
+             + (f" (timing {run.board.modeled})" if run.board.modeled
+                else " (emulated: not timed)" if run.board.emulated else ""))
     allowed = quantized.variant.tolerance(reference)
     if not checked.max_abs_error <= allowed:
         raise RuntimeError(f"the compiled {model.name} differs from {against} by "
@@ -65,10 +66,10 @@ def verification(run: BoardRun, reference: np.ndarray,
     error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))
     top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
-    timed = bool(run.times_ms) and not run.board.emulated
+    timing = run.board.timing if run.times_ms else None
     return Verification(
         board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
         top1_matches_framework=top1,
-        latency_ms_median=float(np.median(run.times_ms)) if timed else None,
-        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timed else None,
-        threads=run.board.threads, reference_degenerate=degenerate)
+        latency_ms_median=float(np.median(run.times_ms)) if timing else None,
+        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timing else None,
+        threads=run.board.threads, reference_degenerate=degenerate, timing=timing)
