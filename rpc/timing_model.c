@@ -17,7 +17,8 @@
  * it would take five times longer.
  *
  * The plugin API declarations below are the few we use from QEMU's public plugin API, version
- * 1 (QEMU 7.2+); the version QEMU reports is checked at load.
+ * 1 (QEMU 7.2+); the version QEMU reports is checked at load. Errors at load go to stderr
+ * (qemu's own plugin log is off by default).
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -120,6 +121,7 @@ struct insn {
     uint8_t kind, occupancy, nsrc, ndst;
     uint8_t src[4], dst[2];
     uint8_t accumulator; /* the source that is a multiply-accumulate's addend, or NOREG */
+    uint8_t writeback;   /* the base register a pre/post-indexed access updates, or NOREG */
 };
 
 struct block {
@@ -133,6 +135,28 @@ static uint64_t ready_for_accumulate[64]; /* when a MAC may take it as its adden
 static uint64_t unit_free[NPIPES][MAX_UNITS];
 static uint64_t cycle, issued_in_cycle, last_done;
 static uint64_t rob_done[ROB_MAX];
+
+/* Out of order, a unit can take an instruction that became ready early while a later-issued
+ * one waits for its operands: each pipe books cycles in a window, not a single "free from". */
+#define WINDOW 1024
+static struct booking { uint64_t cycle; uint8_t count; } booked[NPIPES][WINDOW];
+
+static uint64_t book(unsigned pipe, uint64_t t, unsigned occupancy) {
+    for (;; t++) {
+        unsigned c;
+        for (c = 0; c < occupancy; c++) {
+            struct booking *b = &booked[pipe][(t + c) % WINDOW];
+            if (b->cycle == t + c && b->count >= cfg.units[pipe]) break;
+        }
+        if (c == occupancy) break;
+    }
+    for (unsigned c = 0; c < occupancy; c++) {
+        struct booking *b = &booked[pipe][(t + c) % WINDOW];
+        if (b->cycle != t + c) { b->cycle = t + c; b->count = 0; }
+        b->count++;
+    }
+    return t;
+}
 static uint64_t rob_pos;
 static uint64_t insns_done, loads, stores, l1_misses, l2_misses, prefetched, dram_bytes;
 static uint64_t kind_count[NKINDS];
@@ -233,6 +257,7 @@ static void reset_state(void) {
     memset(ready_for_accumulate, 0, sizeof ready_for_accumulate);
     memset(unit_free, 0, sizeof unit_free);
     memset(rob_done, 0, sizeof rob_done);
+    memset(booked, 0xff, sizeof booked);
     cycle = issued_in_cycle = last_done = rob_pos = 0;
     insns_done = loads = stores = l1_misses = l2_misses = prefetched = dram_bytes = 0;
     memset(kind_count, 0, sizeof kind_count);
@@ -273,7 +298,7 @@ static void decode_load_store(uint32_t x, struct insn *d) {
         regs = opcode == 0x2 || opcode == 0x0 ? 4 : opcode == 0x6 || opcode == 0x4 ? 3
              : opcode == 0xa || opcode == 0x8 ? 2 : 1;
         wide = bits(x, 30, 30);
-        if (bits(x, 23, 23)) add_dst(d, rn); /* post-index */
+        if (bits(x, 23, 23)) d->writeback = (uint8_t)rn; /* post-index */
         add_src(d, rn);
         for (unsigned r = 0; r < regs; r++) {
             if (load) add_dst_v(d, (rt + r) % 32);
@@ -285,7 +310,7 @@ static void decode_load_store(uint32_t x, struct insn *d) {
         wide = vector && bits(x, 31, 30) == 2;
         unsigned rt2 = bits(x, 14, 10);
         add_src(d, rn);
-        if (bits(x, 24, 23) == 1 || bits(x, 24, 23) == 3) add_dst(d, rn);
+        if (bits(x, 24, 23) == 1 || bits(x, 24, 23) == 3) d->writeback = (uint8_t)rn;
         if (load) {
             if (vector) { add_dst_v(d, rt); add_dst_v(d, rt2); } else { add_dst(d, rt); add_dst(d, rt2); }
         } else if (vector) { add_src_v(d, rt); add_src_v(d, rt2); }
@@ -298,7 +323,7 @@ static void decode_load_store(uint32_t x, struct insn *d) {
         if (bits(x, 24, 24) == 0 && bits(x, 21, 21) == 1 && bits(x, 11, 10) == 2)
             add_src(d, bits(x, 20, 16)); /* register offset */
         else if (bits(x, 24, 24) == 0 && bits(x, 21, 21) == 0 && bits(x, 10, 10) == 1)
-            add_dst(d, rn); /* pre/post-index writeback */
+            d->writeback = (uint8_t)rn; /* pre/post-index */
         if (load) { if (vector) add_dst_v(d, rt); else add_dst(d, rt); }
         else if (vector) add_src_v(d, rt); else add_src(d, rt);
     } else if (bits(x, 29, 27) == 0x3) { /* literal */
@@ -408,7 +433,7 @@ static void decode_simd_fp(uint32_t x, struct insn *d) {
 static void decode(uint32_t x, struct insn *d) {
     memset(d, 0, sizeof *d);
     d->occupancy = 1;
-    d->accumulator = NOREG;
+    d->accumulator = d->writeback = NOREG;
     unsigned op0 = bits(x, 28, 25);
     unsigned rd = bits(x, 4, 0), rn = bits(x, 9, 5), rm = bits(x, 20, 16);
     if ((op0 & 0x5) == 0x4) { decode_load_store(x, d); return; }
@@ -449,20 +474,17 @@ static void issue(const struct insn *d) {
         uint64_t at = r == d->accumulator ? ready_for_accumulate[r] : ready[r];
         if (at > t) t = at;
     }
-    unsigned pipe = pipe_of[d->kind], best = 0, units = cfg.units[pipe];
-    for (unsigned u = 1; u < units; u++)
-        if (unit_free[pipe][u] < unit_free[pipe][best]) best = u;
-    if (unit_free[pipe][best] > t) t = unit_free[pipe][best];
+    unsigned pipe = pipe_of[d->kind];
     if (cfg.out_of_order) {
         /* Dispatch in order, `width` a cycle, at most `rob` in flight; execution as soon as the
-         * operands and a unit are free. */
+         * operands are ready and a unit has a free cycle. */
         uint64_t slot = cycle + (issued_in_cycle >= (uint64_t)cfg.width);
         if (slot != cycle) { cycle = slot; issued_in_cycle = 0; }
         issued_in_cycle++;
         uint64_t *oldest = &rob_done[rob_pos % (uint64_t)cfg.rob];
         if (*oldest > cycle) { cycle = *oldest; issued_in_cycle = 1; }
         if (cycle > t) t = cycle;
-        unit_free[pipe][best] = t + d->occupancy;
+        t = book(pipe, t, d->occupancy);
         uint64_t done = t + cfg.latency[d->kind];
         *oldest = done;
         rob_pos++;
@@ -470,12 +492,23 @@ static void issue(const struct insn *d) {
     } else {
         /* In order: an instruction issues with or after the one before it, at most `width` a
          * cycle, once its operands and a unit are free. */
+        unsigned best = 0, units = cfg.units[pipe];
+        for (unsigned u = 1; u < units; u++)
+            if (unit_free[pipe][u] < unit_free[pipe][best]) best = u;
+        if (unit_free[pipe][best] > t) t = unit_free[pipe][best];
         if (t < cycle) t = cycle;
         if (t == cycle && issued_in_cycle >= (uint64_t)cfg.width) t++;
         if (t != cycle) { cycle = t; issued_in_cycle = 0; }
         issued_in_cycle++;
         unit_free[pipe][best] = t + d->occupancy;
         if (t + cfg.latency[d->kind] > last_done) last_done = t + cfg.latency[d->kind];
+    }
+    /* The address adder updates the base register once the base is ready: it waits neither
+     * for the loaded data nor (out of order) for the data a store writes. */
+    if (d->writeback != NOREG && d->writeback != 31) {
+        uint64_t base = cfg.out_of_order ? ready[d->writeback] : t;
+        if (base < cycle) base = cycle;
+        ready[d->writeback] = ready_for_accumulate[d->writeback] = base + cfg.latency[ALU];
     }
     for (unsigned k = 0; k < d->ndst; k++) {
         ready[d->dst[k]] = t + cfg.latency[d->kind];
@@ -628,33 +661,40 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int
         snprintf(message, sizeof message,
                  "timing_model: needs QEMU plugin API %d; this QEMU has %d..%d\n",
                  API_VERSION, info->version.min, info->version.cur);
-        qemu_plugin_outs(message);
+        fputs(message, stderr);
         return -1;
     }
     if (info->system_emulation || strcmp(info->target_name, "aarch64") != 0) {
-        qemu_plugin_outs("timing_model: models aarch64 linux-user only\n");
+        fputs("timing_model: models aarch64 linux-user only\n", stderr);
         return -1;
     }
     for (int i = 0; i < argc; i++) {
         char key[64];
         const char *eq = strchr(argv[i], '=');
         size_t len = eq ? (size_t)(eq - argv[i]) : 0;
-        if (!eq || len >= sizeof key) return -1;
+        if (!eq || len >= sizeof key) {
+            fprintf(stderr, "timing_model: %s is not NAME=VALUE\n", argv[i]);
+            return -1;
+        }
         memcpy(key, argv[i], len);
         key[len] = 0;
         if (!set_option(key, eq + 1)) {
             snprintf(message, sizeof message, "timing_model: unknown option %s\n", argv[i]);
-            qemu_plugin_outs(message);
+            fputs(message, stderr);
             return -1;
         }
     }
     if (cfg.width < 1 || cfg.line < 16 || cfg.l1_ways < 1 || cfg.l2_ways < 1 ||
         (cfg.out_of_order && (cfg.rob < 1 || cfg.rob > ROB_MAX))) {
-        qemu_plugin_outs("timing_model: invalid parameters\n");
+        fputs("timing_model: invalid parameters\n", stderr);
         return -1;
     }
-    for (int p = 0; p < NPIPES; p++)
-        if (cfg.units[p] < 1 || cfg.units[p] > MAX_UNITS) return -1;
+    for (int p = 0; p < NPIPES; p++) {
+        if (cfg.units[p] < 1 || cfg.units[p] > MAX_UNITS) {
+            fprintf(stderr, "timing_model: every pipe needs 1 to %d units\n", MAX_UNITS);
+            return -1;
+        }
+    }
     set_pipes();
     reset_state();
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);

@@ -43,7 +43,9 @@ def test_nightly_reproducibility_regression_and_report(tmp_path):
     host, arm = entries["host/tiny-cnn-fp32"], entries["arm-a53/tiny-cnn-fp32"]
     assert host["reproducible"] is None and "no released artifact" in host["release_note"]
     assert host["board"] == "host-1" and host["latency_ms"] > 0 and host["top1_matches"]
-    assert arm["emulated"] and arm["latency_ms"] is None and arm["max_abs_error"] < 1e-4
+    # The embedded arm-a53 board is modeled: its latency is the model's, labelled so.
+    assert arm["emulated"] and arm["timing"].startswith("modeled (Cortex-A53 model v")
+    assert arm["latency_ms"] > 0 and arm["max_abs_error"] < 1e-4
     assert "not benchmarked" in arm["verify_note"]
 
     # Release night 1: host as a folder, arm-a53 as a tarball.
@@ -110,3 +112,22 @@ def test_matrix_mistakes_are_named(tmp_path, entries, message):
 
     with pytest.raises(UserError, match=message):
         nightly.load_matrix(_matrix(tmp_path / "m.yaml", entries))
+
+
+def test_a_modeled_latency_is_never_compared_with_a_measured_one():
+    from pipeline.job.nightly_job import _compare_with_previous
+    from pipeline.job.report import EntryResult, NightlyReport
+
+    def night(timing, latency):
+        return NightlyReport("2026-11-30T00:00:00", 0.1, None,
+                             (EntryResult("arm-a53/m-fp32", timing=timing, latency_ms=latency),), 0)
+
+    modeled = "modeled (Cortex-A53 model v1)"
+    for before, now in [("measured", modeled), (modeled, "modeled (Cortex-A53 model v2)"),
+                        (None, modeled)]:
+        result = EntryResult("arm-a53/m-fp32", timing=now, latency_ms=50.0)
+        _compare_with_previous(result, night(before, 10.0), 0.1)
+        assert result.previous_latency_ms is None and not result.problems
+    result = EntryResult("arm-a53/m-fp32", timing=modeled, latency_ms=50.0)
+    _compare_with_previous(result, night(modeled, 10.0), 0.1)
+    assert result.previous_latency_ms == 10.0 and "latency regression" in result.problems[0]
