@@ -70,7 +70,7 @@ def require_ready(cpu: str, root: Path = BOARDS_ROOT) -> Path:
         setup(root)
     ensure_binfmt()
     python = board_python(cpu, root)
-    if not python.exists():
+    if not python.exists() or "prefix-" not in python.read_text():
         _write_launcher(python, rootfs_dir(root), cpu)
     return python
 
@@ -111,6 +111,17 @@ def setup(root: Path = BOARDS_ROOT) -> Path:
     return rootfs
 
 
+def add_board_packages(packages: tuple[str, ...], root: Path = BOARDS_ROOT) -> None:
+    """Install more aarch64 wheels (e.g. peer runtimes for a benchmark) into the board's root
+    filesystem, as setup installs TVM: pip on this machine, nothing emulated."""
+    if not is_ready(root):
+        setup(root)
+    site = rootfs_dir(root) / "usr" / "local" / "lib" / BOARD_PYTHON / "dist-packages"
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site),
+          "--upgrade", "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
+          "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:", *packages])
+
+
 def ensure_binfmt() -> None:
     """Let the kernel run aarch64 programs through qemu, so that the board's Python can start
     its own helper processes (the RPC server forks and spawns workers)."""
@@ -147,11 +158,50 @@ def apt_mirror() -> str:
                     "/etc/apt/sources.list; configure apt first.")
 
 
+# What /proc/cpuinfo says on each part (MIDR part number; HWCAP names the kernel prints).
+_CPU_PARTS = {"cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),
+              "cortex-a55": ("0xd05", "fp asimd evtstrm crc32 atomics fphp asimdhp cpuid "
+                                      "asimdrdm lrcpc dcpop asimddp"),
+              "cortex-a72": ("0xd08", "fp asimd evtstrm crc32 cpuid"),
+              "cortex-a76": ("0xd0b", "fp asimd evtstrm crc32 atomics fphp asimdhp cpuid "
+                                      "asimdrdm lrcpc dcpop asimddp")}
+
+
+def board_prefix(cpu: str, root: Path = BOARDS_ROOT) -> Path:
+    """The root the board's programs see for `cpu`: the shared arm64 root filesystem, plus a
+    /proc/cpuinfo and /sys CPU list of one `cpu` core. qemu-user resolves every absolute path
+    under QEMU_LD_PREFIX first; without these, runtimes that read the CPU's identity (ONNX
+    Runtime's cpuinfo) read the x86 host's files and crash."""
+    rootfs = rootfs_dir(root)
+    prefix = root / f"prefix-{cpu}"
+    if (prefix / READY_MARK).is_file():
+        return prefix
+    partial = Path(tempfile.mkdtemp(prefix=f"prefix-{cpu}-", dir=root))
+    for entry in rootfs.iterdir():
+        if entry.name not in ("proc", "sys"):
+            (partial / entry.name).symlink_to(entry)
+    part, features = _CPU_PARTS.get(cpu, ("0xd03", "fp asimd"))
+    (partial / "proc").mkdir()
+    (partial / "proc" / "cpuinfo").write_text(
+        f"processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+        f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 4\n\n")
+    cpus = partial / "sys" / "devices" / "system" / "cpu"
+    cpus.mkdir(parents=True)
+    for name in ("possible", "present", "online"):
+        (cpus / name).write_text("0\n")
+    (partial / READY_MARK).write_text(cpu + "\n")
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    partial.rename(prefix)
+    return prefix
+
+
 def _write_launcher(path: Path, rootfs: Path, cpu: str) -> None:
     # QEMU_CPU makes an instruction this CPU lacks fail as on the real part; QEMU_LD_PREFIX
     # (not `qemu -L`) is inherited by the children that binfmt starts.
+    prefix = board_prefix(cpu, rootfs.parent)
     script = (f"#!/bin/sh\n# Emulated aarch64 {cpu} board Python (qemu-user), made by "
-              f"rpc/emulated.py\nexport QEMU_CPU={cpu} QEMU_LD_PREFIX={rootfs}\n"
+              f"rpc/emulated.py\nexport QEMU_CPU={cpu} QEMU_LD_PREFIX={prefix}\n"
               f"exec {rootfs}/usr/bin/{BOARD_PYTHON} \"$@\"\n")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(script)

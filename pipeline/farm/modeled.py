@@ -84,14 +84,15 @@ def require_ready(device: DeviceConfig, root: Path = emulated.BOARDS_ROOT) -> Pa
         raise UserError(f"'{QEMU}' (dynamically linked, loads TCG plugins) is missing; modeled "
                         f"boards need: {APT_HINT}")
     rootfs = emulated.rootfs_dir(root)
-    if not emulated.is_ready(root):
-        emulated.require_ready(device.emulated_cpu or "cortex-a53", root)
     cpu = device.emulated_cpu or "cortex-a53"
+    if not emulated.is_ready(root):
+        emulated.require_ready(cpu, root)
+    prefix = emulated.board_prefix(cpu, root)
     argument = plugin_argument(device, root)
     path = root / f"python-modeled-{device.name}"
     script = (f"#!/bin/sh\n# Modeled {require_model(device).core} board Python (qemu-user + "
               f"rpc/timing_model.c), made by pipeline/farm/modeled.py\n"
-              f"export QEMU_CPU={cpu} QEMU_LD_PREFIX={rootfs} PYTHONHASHSEED=0\n"
+              f"export QEMU_CPU={cpu} QEMU_LD_PREFIX={prefix} PYTHONHASHSEED=0\n"
               f"exec setarch \"$(uname -m)\" -R {shutil.which(QEMU)} -plugin {argument} "
               f"{rootfs}/usr/bin/{emulated.BOARD_PYTHON} \"$@\"\n")
     if not path.is_file() or path.read_text() != script:
