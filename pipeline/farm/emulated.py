@@ -167,6 +167,9 @@ _CPU_PARTS = {"cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),
                                       "asimdrdm lrcpc dcpop asimddp")}
 
 
+PREFIX_LAYOUT = "2\n"  # raised when the prefix's contents change: older ones are rebuilt
+
+
 def board_prefix(cpu: str, root: Path = BOARDS_ROOT) -> Path:
     """The root the board's programs see for `cpu`: the shared arm64 root filesystem, plus a
     /proc/cpuinfo and /sys CPU list of one `cpu` core. qemu-user resolves every absolute path
@@ -174,11 +177,13 @@ def board_prefix(cpu: str, root: Path = BOARDS_ROOT) -> Path:
     Runtime's cpuinfo) read the x86 host's files and crash."""
     rootfs = rootfs_dir(root)
     prefix = root / f"prefix-{cpu}"
-    if (prefix / READY_MARK).is_file():
+    if (prefix / READY_MARK).is_file() and (prefix / READY_MARK).read_text() == PREFIX_LAYOUT:
         return prefix
     partial = Path(tempfile.mkdtemp(prefix=f"prefix-{cpu}-", dir=root))
     for entry in rootfs.iterdir():
-        if entry.name not in ("proc", "sys"):
+        # /tmp and /dev stay the host's: a directory the board creates at run time must be
+        # found under the same path by everything that follows symlinks (realpath) or not.
+        if entry.name not in ("proc", "sys", "tmp", "dev", READY_MARK):
             (partial / entry.name).symlink_to(entry)
     part, features = _CPU_PARTS.get(cpu, ("0xd03", "fp asimd"))
     (partial / "proc").mkdir()
@@ -189,7 +194,7 @@ def board_prefix(cpu: str, root: Path = BOARDS_ROOT) -> Path:
     cpus.mkdir(parents=True)
     for name in ("possible", "present", "online"):
         (cpus / name).write_text("0\n")
-    (partial / READY_MARK).write_text(cpu + "\n")
+    (partial / READY_MARK).write_text(PREFIX_LAYOUT)
     if prefix.exists():
         shutil.rmtree(prefix)
     partial.rename(prefix)
