@@ -69,7 +69,7 @@ EXPORT int qemu_plugin_version = 1;
 #define API_VERSION 1
 
 /* ---- the model ---- */
-#define MODEL_VERSION 1
+#define MODEL_VERSION 2
 #define EDGE_SYSCALL 0xED6E
 #define REPORT_MAGIC 0x4544474554494D45ull /* "EDGETIME" */
 
@@ -90,6 +90,7 @@ static struct {
     unsigned units[NPIPES];
     unsigned store_shares_load, fmac_shares_fp; /* one pipe for both on this core */
     unsigned q_load_cycles, q_store_cycles, q_fp_cycles; /* pipe cycles of a 128-bit op */
+    unsigned q_load_exclusive; /* in order: nothing issues beside a 128-bit load (A53) */
     unsigned freq_mhz;
     unsigned l1_kb, l1_ways, l2_kb, l2_ways, line;
     unsigned l2_cycles, dram_cycles, dram_bytes_per_kcycle, streams;
@@ -99,7 +100,7 @@ static struct {
     .out_of_order = 0, .width = 1, .rob = 0,
     .latency = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, .fma_accumulate_latency = 1,
     .units = {1, 1, 1, 1, 1, 1, 1}, .store_shares_load = 1, .fmac_shares_fp = 1,
-    .q_load_cycles = 1, .q_store_cycles = 1, .q_fp_cycles = 1,
+    .q_load_cycles = 1, .q_store_cycles = 1, .q_fp_cycles = 1, .q_load_exclusive = 0,
     .freq_mhz = 1000,
     .l1_kb = 32, .l1_ways = 4, .l2_kb = 512, .l2_ways = 16, .line = 64,
     .l2_cycles = 10, .dram_cycles = 100, .dram_bytes_per_kcycle = 1000, .streams = 0,
@@ -122,6 +123,7 @@ struct insn {
     uint8_t src[4], dst[2];
     uint8_t accumulator; /* the source that is a multiply-accumulate's addend, or NOREG */
     uint8_t writeback;   /* the base register a pre/post-indexed access updates, or NOREG */
+    uint8_t wide;        /* a 128-bit (Q) access or operation */
 };
 
 struct block {
@@ -335,6 +337,7 @@ static void decode_load_store(uint32_t x, struct insn *d) {
         if (load) add_dst(d, rt); else add_src(d, rt);
     }
     d->kind = load ? LOAD : STORE;
+    d->wide = wide;
     unsigned per = wide ? (load ? cfg.q_load_cycles : cfg.q_store_cycles) : 1;
     d->occupancy = (uint8_t)(per * regs);
 }
@@ -502,6 +505,10 @@ static void issue(const struct insn *d) {
         issued_in_cycle++;
         unit_free[pipe][best] = t + d->occupancy;
         if (t + cfg.latency[d->kind] > last_done) last_done = t + cfg.latency[d->kind];
+        if (cfg.q_load_exclusive && d->kind == LOAD && d->wide) {
+            cycle = t + d->occupancy; /* the load takes every issue slot while it issues */
+            issued_in_cycle = 0;
+        }
     }
     /* The address adder updates the base register once the base is ready: it waits neither
      * for the loaded data nor (out of order) for the data a store writes. */
@@ -634,7 +641,8 @@ static bool set_option(const char *key, const char *value) {
         {"fmac_units", &cfg.units[P_FMAC]}, {"store_shares_load", &cfg.store_shares_load},
         {"fmac_shares_fp", &cfg.fmac_shares_fp},
         {"q_load_cycles", &cfg.q_load_cycles}, {"q_store_cycles", &cfg.q_store_cycles},
-        {"q_fp_cycles", &cfg.q_fp_cycles}, {"freq_mhz", &cfg.freq_mhz},
+        {"q_fp_cycles", &cfg.q_fp_cycles}, {"q_load_exclusive", &cfg.q_load_exclusive},
+        {"freq_mhz", &cfg.freq_mhz},
         {"l1_kb", &cfg.l1_kb}, {"l1_ways", &cfg.l1_ways}, {"l2_kb", &cfg.l2_kb},
         {"l2_ways", &cfg.l2_ways}, {"line", &cfg.line}, {"l2_cycles", &cfg.l2_cycles},
         {"dram_cycles", &cfg.dram_cycles},

@@ -117,9 +117,12 @@ def add_board_packages(packages: tuple[str, ...], root: Path = BOARDS_ROOT) -> N
     if not is_ready(root):
         setup(root)
     site = rootfs_dir(root) / "usr" / "local" / "lib" / BOARD_PYTHON / "dist-packages"
+    # pip takes a --platform literally: every manylinux level the board's glibc (2.36) runs.
+    platforms = [arg for level in ("manylinux_2_28", "manylinux_2_27", "manylinux2014")
+                 for arg in ("--platform", f"{level}_aarch64")]
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site),
-          "--upgrade", "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
-          "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:", *packages])
+          "--upgrade", *platforms, "--python-version", "3.11", "--implementation", "cp",
+          "--abi", "cp311", "--only-binary=:all:", *packages])
 
 
 def ensure_binfmt() -> None:
