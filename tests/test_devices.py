@@ -152,9 +152,35 @@ def test_host_builds_with_the_fastest_committed_class_this_cpu_runs(tmp_path, mo
     # The default budget is the lender's, which its committed logs meet: nothing is tuned.
     assert source.budget == load_device(borrowed).tuning.trials <= count_records(source.folder)
     check_target(source.folder, source.device.target, "host")
-    # --retune never borrows: it tunes this exact CPU into host's own folder.
+    # --retune never borrows: it tunes this exact CPU into host's own folder, its search
+    # starting from the class's records.
     retune = logs_for(host, key, TUNING_LOGS, retune=True)
     assert retune.folder == log_dir(key) and retune.device is host
+    assert retune.seed == source.folder
+
+
+def test_a_seeded_search_sees_the_class_records_and_writes_only_its_own(tmp_path):
+    """The warm start of --retune: the database MetaSchedule searches with answers top-k
+    queries with the class's best valid records of that workload (fastest first) while the
+    host's own logs are empty; everything committed goes to the host's own logs only."""
+    from pipeline.artifact.tuning_logs import open_database, seeded_database
+
+    seed = log_dir(ArtifactKey("x86-avx512", "efficientnet-lite0", Variant.FP32))
+    before = (seed / "database_tuning_record.json").read_bytes()
+    own = open_database(tmp_path / "own")
+    database, seeds = seeded_database(own, seed)
+    assert 0 < seeds <= count_records(seed)
+    records = open_database(seed).get_all_tuning_records()
+    record = records[-1]  # the workload tuned last has a full round of records
+    workload = database.commit_workload(record.workload.mod)
+    top = database.get_top_k(workload, 5)
+    assert len(top) == 5 and len(own) == 0
+    times = [sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in top]
+    assert times == sorted(times) and times[-1] < 1e9
+    database.commit_tuning_record(top[0])
+    assert len(own) == 1 and count_records(tmp_path / "own") == 1
+    assert database.get_top_k(workload, 5)[0].run_secs == top[0].run_secs
+    assert (seed / "database_tuning_record.json").read_bytes() == before
 
 
 def test_classes_rank_by_the_extensions_their_cpu_model_implies():

@@ -30,6 +30,62 @@ def log_dir(key: ArtifactKey, root: Path = TUNING_LOGS) -> Path:
     return key.under(root)
 
 
+FAILED_RUN_SECS = 1e9  # MetaSchedule records a failed candidate as 1e10 s
+
+
+def seeded_database(own, seed_folder: Path):
+    """`own` (a JSON database: every commit goes there) whose top-k answers also hold the best
+    records of the same workloads from the logs in `seed_folder`, read only: MetaSchedule's
+    search then starts from another class's best schedules (a warm start) while the logs it
+    writes, counts and builds from stay its own."""
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    seed = ms.database.JSONDatabase(path_workload=str(seed_folder / WORKLOADS),
+                                    path_tuning_record=str(seed_folder / RECORDS),
+                                    allow_missing=False)
+    by_workload: dict[int, list] = {}
+    for record in seed.get_all_tuning_records():
+        if record.run_secs and all(float(s) < FAILED_RUN_SECS for s in record.run_secs):
+            by_workload.setdefault(tvm_ffi.structural_hash(record.workload.mod), []).append(record)
+    for records in by_workload.values():
+        records.sort(key=lambda r: sum(float(s) for s in r.run_secs) / len(r.run_secs))
+
+    @tvm.ir.utils.derived_object
+    class SeededDatabase(ms.database.PyDatabase):
+        def has_workload(self, mod):
+            return own.has_workload(mod)
+
+        def commit_workload(self, mod):
+            return own.commit_workload(mod)
+
+        def commit_tuning_record(self, record):
+            own.commit_tuning_record(record)
+
+        def get_top_k(self, workload, top_k):
+            records = list(own.get_top_k(workload, top_k))
+            seeds = by_workload.get(tvm_ffi.structural_hash(workload.mod), [])
+            return records + seeds[:max(top_k - len(records), 0)]
+
+        def get_all_tuning_records(self):
+            return own.get_all_tuning_records()
+
+        def query_tuning_record(self, mod, target, workload_name):
+            return own.query_tuning_record(mod, target, workload_name)
+
+        def query_schedule(self, mod, target, workload_name):
+            return own.query_schedule(mod, target, workload_name)
+
+        def query_ir_module(self, mod, target, workload_name):
+            return own.query_ir_module(mod, target, workload_name)
+
+        def __len__(self):
+            return len(own)
+
+    return SeededDatabase(), sum(len(r) for r in by_workload.values())
+
+
 def open_database(folder: Path):
     """The folder's records as MetaSchedule's JSON database, what tuning appends to and a build
     applies (its files are created if missing; `repair` first if a crash may have cut a line

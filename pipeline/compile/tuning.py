@@ -25,6 +25,7 @@ from pipeline.artifact.tuning_logs import (
     exclusive,
     open_database,
     repair,
+    seeded_database,
 )
 from pipeline.base.background import every
 from pipeline.base.devices import DeviceConfig
@@ -74,16 +75,17 @@ def export_shared(mod, compiler: str, scratch: str) -> str:
 
 
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
-         tracker: TrackerAddress) -> TuneResult:
+         tracker: TrackerAddress, seed: Path | None = None) -> TuneResult:
     """Tune the kernels of `lowered_mod` (pipeline.compile.lowering) on boards of `device`
-    until the logs in `folder` hold `trials` records, appending each as it is measured. One
+    until the logs in `folder` hold `trials` records, appending each as it is measured; with
+    `seed`, the search starts from the best records of another folder's logs (read only). One
     tuner at a time per folder: a second one is refused while the first holds the lock."""
     with exclusive(folder):
-        return _tune_locked(lowered_mod, device, folder, trials, tracker)
+        return _tune_locked(lowered_mod, device, folder, trials, tracker, seed)
 
 
 def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
-                 tracker: TrackerAddress) -> TuneResult:
+                 tracker: TrackerAddress, seed: Path | None = None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
 
     for line in repair(folder).dropped:
@@ -132,6 +134,10 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     # Seeded by the records already there: a resumed run explores other candidates than the
     # run before it, and the same logs resume the same way.
     contexts, weights = _tune_contexts(todo, extensions.space_generator(), seed=before)
+    search_database = database
+    if seed is not None:
+        search_database, seeds = seeded_database(database, seed)
+        log.info(f"warm start: the search begins from {seeds} valid records in {seed}")
     with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress), \
             _tracker_watched(tracker, folder):
         ms.tune.tune_tasks(
@@ -146,7 +152,7 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
                                            scratch=str(candidates)),
                 timeout_sec=120 if emulated else 30),
             runner=_runner(device, tracker, boards, emulated, bool(board.modeled)),
-            database=database, cost_model="xgb",
+            database=search_database, cost_model="xgb",
             # Round-robin joins every finished batch before picking the next task, so each
             # measured trial reaches the logs at once; the gradient scheduler holds the whole
             # first round (hundreds of trials) in memory. With the budget at tasks x per-task

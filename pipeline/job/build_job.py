@@ -95,7 +95,8 @@ def run_job(spec: JobSpec) -> JobResult | None:
     lowered = lower(quantized.mod, device.tvm_target())
     needs_boards = trials > 0 or spec.verify
     with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
-        if trials > 0 and tune(lowered, device, folder, trials, address).interrupted:
+        if trials > 0 and tune(lowered, device, folder, trials, address,
+                               seed=source.seed).interrupted:
             return None
         log.info("building for %s with the logs in %s", device.name, folder)
         with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
@@ -120,6 +121,8 @@ class LogSource:
     device: DeviceConfig  # as these logs build it
     folder: Path
     borrowed_from: DeviceConfig | None = None  # the class whose logs a detected host uses
+    # A class's logs that tuning starts its search from (host tuning its own logs: --retune)
+    seed: Path | None = None
 
     @property
     def budget(self) -> int:
@@ -135,19 +138,32 @@ def logs_for(device: DeviceConfig, key: ArtifactKey, log_root: Path,
     and any tuning then adds to them with this machine as a board of that class. With none,
     or with `retune`, it uses its own folder, for this exact CPU."""
     own = log_dir(key, log_root)
-    if not device.detected or retune or count_records(own) > 0:
+    if not device.detected:
         return LogSource(device_for_logs(device, own), own)
+    borrowable = _borrowable(key, log_root)
+    if retune or count_records(own) > 0:
+        return LogSource(device_for_logs(device, own), own,
+                         seed=borrowable[1] if borrowable else None)
+    if borrowable is not None:
+        candidate, folder, target = borrowable
+        log.info("%s: no tuning logs of its own for %s; building with the %s class's logs in "
+                 "%s (tuned for %s, which this CPU runs)", device.name, key.id, candidate.name,
+                 folder, target["mcpu"])
+        return LogSource(device.with_target(target), folder, candidate)
+    log.info("%s: no tuning logs for %s of its own or of any x86 class this CPU runs",
+             device.name, key.id)
+    return LogSource(device, own)
+
+
+def _borrowable(key: ArtifactKey, log_root: Path):
+    """(class, its logs folder, their target) of the fastest x86 class with logs for `key`
+    whose code this CPU runs, or None."""
     for candidate in x86_classes_fastest_first():
         folder = log_dir(ArtifactKey(candidate.name, key.model, key.variant), log_root)
         target = logged_target(folder) if count_records(folder) else None
         if target is not None and runs_target(target):
-            log.info("%s: no tuning logs of its own for %s; building with the %s class's logs in "
-                     "%s (tuned for %s, which this CPU runs)", device.name, key.id, candidate.name,
-                     folder, target["mcpu"])
-            return LogSource(device.with_target(target), folder, candidate)
-    log.info("%s: no tuning logs for %s of its own or of any x86 class this CPU runs",
-             device.name, key.id)
-    return LogSource(device, own)
+            return candidate, folder, target
+    return None
 
 
 def device_for_logs(device: DeviceConfig, folder: Path) -> DeviceConfig:
