@@ -69,7 +69,7 @@ EXPORT int qemu_plugin_version = 1;
 #define API_VERSION 1
 
 /* ---- the model ---- */
-#define MODEL_VERSION 2
+#define MODEL_VERSION 3
 #define EDGE_SYSCALL 0xED6E
 #define REPORT_MAGIC 0x4544474554494D45ull /* "EDGETIME" */
 
@@ -94,6 +94,7 @@ static struct {
     unsigned freq_mhz;
     unsigned l1_kb, l1_ways, l2_kb, l2_ways, line;
     unsigned l2_cycles, dram_cycles, dram_bytes_per_kcycle, streams;
+    unsigned stride_prefetch; /* a per-instruction stride prefetcher covers strided misses */
     unsigned exposed_percent; /* share of a miss's latency the core cannot hide */
 } cfg = {
     /* Placeholders only: pipeline.farm.modeled passes every value from the device class. */
@@ -104,6 +105,7 @@ static struct {
     .freq_mhz = 1000,
     .l1_kb = 32, .l1_ways = 4, .l2_kb = 512, .l2_ways = 16, .line = 64,
     .l2_cycles = 10, .dram_cycles = 100, .dram_bytes_per_kcycle = 1000, .streams = 0,
+    .stride_prefetch = 0,
     .exposed_percent = 100,
 };
 
@@ -129,6 +131,14 @@ struct insn {
 struct block {
     uint32_t n;
     struct insn insns[];
+};
+
+/* The stride prefetcher's entry of one load or store instruction (a PC-indexed table: the
+ * line it touched last, the stride between its last two lines, and how often it repeated). */
+struct stride {
+    uint64_t last_line;
+    int64_t stride;
+    uint32_t confidence;
 };
 
 /* Registers 0-31: general (31 is sp/zr, never a dependency); 32-63: SIMD&FP. */
@@ -539,12 +549,29 @@ static void stall(uint64_t cycles) {
     issued_in_cycle = 0;
 }
 
+/* True when the instruction's accesses have walked a constant stride at least twice and this
+ * line is the next one along it: a stride prefetcher had fetched it. */
+static bool strided(struct stride *entry, uint64_t line) {
+    int64_t step = (int64_t)(line - entry->last_line);
+    bool predicted = entry->confidence >= 2 && entry->stride != 0 && step == entry->stride;
+    if (step != 0) {
+        if (step == entry->stride) {
+            entry->confidence++;
+        } else {
+            entry->stride = step;
+            entry->confidence = 0;
+        }
+        entry->last_line = line;
+    }
+    return predicted;
+}
+
 static void on_memory(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr,
                       void *userdata) {
     (void)vcpu;
-    (void)userdata;
     if (!active) return;
     uint64_t line = physical(vaddr) / cfg.line;
+    bool predicted = cfg.stride_prefetch && strided(userdata, line);
     if (qemu_plugin_mem_is_store(info)) {
         /* Stores retire through the store buffer; a line written is fetched and later
          * written back (counted against the DRAM bandwidth). */
@@ -559,6 +586,10 @@ static void on_memory(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t va
     if (!in_l2) {
         l2_misses++;
         dram_bytes += cfg.line;
+    }
+    if (predicted) {
+        prefetched++;
+        return;
     }
     for (unsigned s = 0; s < cfg.streams; s++) {
         if (stream_next[s] == line) {
@@ -588,7 +619,8 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
         decode(word, &b->insns[i]);
         if (b->insns[i].kind == LOAD || b->insns[i].kind == STORE)
             qemu_plugin_register_vcpu_mem_cb(insn, on_memory, QEMU_PLUGIN_CB_NO_REGS,
-                                             QEMU_PLUGIN_MEM_RW, NULL);
+                                             QEMU_PLUGIN_MEM_RW,
+                                             calloc(1, sizeof(struct stride)));
     }
     qemu_plugin_register_vcpu_tb_exec_cb(tb, on_block, QEMU_PLUGIN_CB_NO_REGS, b);
 }
@@ -647,6 +679,7 @@ static bool set_option(const char *key, const char *value) {
         {"l2_ways", &cfg.l2_ways}, {"line", &cfg.line}, {"l2_cycles", &cfg.l2_cycles},
         {"dram_cycles", &cfg.dram_cycles},
         {"dram_bytes_per_kcycle", &cfg.dram_bytes_per_kcycle}, {"streams", &cfg.streams},
+        {"stride_prefetch", &cfg.stride_prefetch},
         {"exposed_percent", &cfg.exposed_percent},
     };
     char *end;

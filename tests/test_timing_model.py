@@ -45,8 +45,11 @@ def test_the_model_gives_the_same_cycles_twice_and_ranks_known_kernels(kernels, 
     # NEON does four multiply-adds an instruction: well under half the scalar loop's time.
     assert first["neon_fma"] < first["scalar_fma"] / 2
     # The naive loop nest takes a new cache line for every multiply-add; the blocked one
-    # streams whole rows.
-    assert first["blocked_matmul"] < 0.9 * first["naive_matmul"]
+    # streams whole rows (on the in-order A53 the stride prefetcher hides most of the naive
+    # column walk, and four independent multiply-adds a step barely beat its one chain).
+    assert first["blocked_matmul"] < first["naive_matmul"]
+    if device == "rpi4":
+        assert first["blocked_matmul"] < 0.75 * first["naive_matmul"]
     # 2M multiply-adds take at least 2M / (multiply-add units) cycles on either core.
     assert first["blocked_matmul"] > 128 ** 3 / 2
 
@@ -57,14 +60,21 @@ def test_the_out_of_order_core_hides_what_the_in_order_one_waits_for(kernels):
         assert a72[kernel] < a53[kernel], kernel
 
 
-def test_a_smaller_l1_cache_costs_the_naive_loop_more(kernels):
-    device = load_device("arm-a53")
-    small = ",".join(part if not part.startswith("l1_kb=") else "l1_kb=8"
-                     for part in modeled.plugin_argument(device).split(","))
-    assert "l1_kb=8" in small
-    shrunk, normal = _modeled_cycles(kernels, "arm-a53", small), _modeled_cycles(kernels,
-                                                                                 "arm-a53")
+def _with(argument: str, **changes) -> str:
+    parts = argument.split(",")
+    for key, value in changes.items():
+        parts = [p for p in parts if not p.startswith(f"{key}=")] + [f"{key}={value}"]
+    return ",".join(parts)
+
+
+def test_smaller_caches_and_no_stride_prefetcher_cost_the_naive_loop_more(kernels):
+    argument = modeled.plugin_argument(load_device("arm-a53"))
+    normal = _modeled_cycles(kernels, "arm-a53")
+    shrunk = _modeled_cycles(kernels, "arm-a53", _with(argument, l1_kb=8, l2_kb=32))
     assert shrunk["naive_matmul"] > normal["naive_matmul"]
+    unprefetched = _modeled_cycles(kernels, "arm-a53", _with(argument, stride_prefetch=0))
+    assert unprefetched["naive_matmul"] > 1.5 * normal["naive_matmul"]
+    assert unprefetched["blocked_matmul"] < 0.75 * unprefetched["naive_matmul"]
 
 
 def test_the_plugin_refuses_an_unknown_parameter(kernels):

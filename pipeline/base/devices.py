@@ -34,7 +34,8 @@ TIMING_PARAMETERS = frozenset({
     "alu_units", "mac_units", "branch_units", "load_units", "store_units", "fp_units",
     "fmac_units", "store_shares_load", "fmac_shares_fp", "q_load_cycles", "q_store_cycles",
     "q_fp_cycles", "q_load_exclusive", "l1_kb", "l1_ways", "l2_kb", "l2_ways", "line",
-    "l2_cycles", "dram_cycles", "dram_bytes_per_kcycle", "streams", "exposed_percent"})
+    "l2_cycles", "dram_cycles", "dram_bytes_per_kcycle", "streams", "stride_prefetch",
+    "exposed_percent"})
 _TIMING_OPTIONAL = frozenset({"rob"})  # out-of-order cores only
 _TUNING_KEYS = frozenset({"trials", "trials_per_task"})
 
