@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     add_quantize_arguments(parser)
     parser.add_argument("--tracker", metavar="HOST:PORT",
                         help="RPC tracker of the farm to verify on (default: an embedded local "
-                             "farm: this machine, or an emulated board for ARM classes)")
+                             "farm: this machine, or a modeled aarch64 board for ARM classes)")
     args = parser.parse_args(argv)
     return build_main(args, trials=0)
 

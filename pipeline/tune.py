@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
             "--quantize int8\n"
             "  python -m rpc.farm up && "
             "python -m pipeline.tune --device arm-a53 --model tiny-cnn --tracker 127.0.0.1:9190\n\n"
-            "Boards of ARM classes that are emulated (qemu) check results but are never timed."),
+            "ARM classes tune on modeled boards: qemu runs the real aarch64 code and a timing "
+            "model of the class's core (rpc/TIMING_MODEL.md) gives each candidate's latency, the "
+            "same on every run; those figures are labelled 'modeled', never 'measured'."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     add_quantize_arguments(parser)
@@ -45,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracker", metavar="HOST:PORT",
                         help="RPC tracker of the device farm (python -m rpc.farm up starts one; "
                              "default: an embedded farm on 127.0.0.1 with one board: this "
-                             "machine for x86 classes, an emulated aarch64 board for ARM ones)")
+                             "machine for x86 classes, a modeled aarch64 board for ARM ones)")
     parser.add_argument("--retune", action="store_true",
                         help="host only: tune for this exact CPU into tuning_logs/host/ even "
                              "when a committed x86 class's logs would serve (by default host "
                              "without logs of its own uses those of the fastest x86 class this "
-                             "CPU runs)")
+                             "CPU runs); the search starts from that class's best records")
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's own logs")
     args = parser.parse_args(argv)
     return build_main(args, trials=args.trials)
