@@ -47,7 +47,7 @@ def to_tflite(name: str, folder: str) -> tuple[str, str]:
 
     model = load_model(name)
     x = model.sample_input()
-    module = litert_torch.to_channel_last_io(model.torch_module.eval(), args=[0])
+    module = litert_torch.to_channel_last_io(model.torch_module.eval(), args=[0]).eval()
     edge = litert_torch.convert(module, (torch.from_numpy(x).permute(0, 2, 3, 1).contiguous(),))
     path = os.path.join(folder, f"{name}.tflite")
     edge.export(path)
