@@ -2,8 +2,13 @@
 same networks on modeled arm-a53 and rpi4 boards, and each figure is set beside one published
 for that runtime on that board.
 
-    pip install -e ".[arm-bench]"        # litert-torch, to write the .tflite models
-    python bench/timing_model_validation.py
+    python3 -m venv --system-site-packages /tmp/litert
+    /tmp/litert/bin/pip install litert-torch==0.10.0 typing_extensions==4.15.0
+    /tmp/litert/bin/python bench/timing_model_validation.py
+
+litert-torch (which writes the .tflite models; the boards get LiteRT's aarch64 wheel) lives in
+a venv of its own: its xdsl pins typing_extensions below the version TVM's FFI needs, which the
+conversion does not use (the pin is overridden there).
 
 The model is one core; the published figures are multi-threaded (4 threads, one per core). The
 modeled figure is divided by the thread count (perfect scaling, the model's best case for the
