@@ -13,6 +13,8 @@ import yaml
 from pipeline import nightly
 from pipeline.artifact.store import pack
 from pipeline.artifact.tuning_logs import RECORDS
+from pipeline.base.devices import load_device
+from pipeline.farm.modeled import label
 from pipeline.job.nightly_job import tuning_curve_ms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +48,7 @@ def test_nightly_reproducibility_regression_and_report(tmp_path):
     # The embedded arm-a53 board is modeled: its latency is the model's, labelled so.
     assert arm["emulated"] and arm["timing"].startswith("modeled (Cortex-A53 model v")
     assert arm["latency_ms"] > 0 and arm["max_abs_error"] < 1e-4
-    assert arm["verify_note"] == "outputs checked; latency modeled (Cortex-A53 model v1)"
+    assert arm["verify_note"] == f"outputs checked; latency {label(load_device('arm-a53'))}"
 
     # Release night 1: host as a folder, arm-a53 as a tarball.
     shutil.copytree(out1 / "artifacts" / "host", releases / "host")
