@@ -84,20 +84,29 @@ def register_intrinsics(dot: DotProduct) -> None:
 # Defined here, not imported from tvm.s_tir.tensor_intrin: importing that package parses every
 # GPU intrinsic (tens of seconds), in each builder process.
 
-def _vnni_functions(data_dtype: str):
+def _description(dot: DotProduct, data_dtype: str):
+    """What the instruction computes: c[i] += a[k] * b[i, k], in int32."""
     from tvm.script import tirx as T
 
+    lanes, group, weight_dtype = dot.lanes, dot.group, dot.weight_dtype
+
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
-             b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def desc(a: T.Buffer((group,), data_dtype, offset_factor=1),
+             b: T.Buffer((lanes, group), weight_dtype, offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            for i, k in T.grid(16, 4):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            for i, k in T.grid(lanes, group):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
+
+
+def _vnni_functions(data_dtype: str):
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((4,), "uint8", offset_factor=1),
@@ -114,23 +123,11 @@ def _vnni_functions(data_dtype: str):
                 b.vload([0, 0], dtype="int8x64"),
                 dtype="int32x16")
 
-    return desc, impl
+    return _description(VNNI, data_dtype), impl
 
 
 def _avx2_functions(data_dtype: str):
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((2,), data_dtype, offset_factor=1),
-             b: T.Buffer((8, 2), "int16", offset_factor=1),
-             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-            T.writes(c[0:8])
-            for i, k in T.grid(8, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((2,), data_dtype, offset_factor=1),
@@ -149,4 +146,4 @@ def _avx2_functions(data_dtype: str):
                 b.vload([0, 0], dtype="int16x16"),
                 dtype="int32x8")
 
-    return desc, impl
+    return _description(AVX2, data_dtype), impl
