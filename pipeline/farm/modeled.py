@@ -1,6 +1,6 @@
 """Modeled aarch64 boards: an emulated board whose qemu runs our timing model of the class's
 core (rpc/timing_model.c, a TCG plugin), so that its time evaluator reports a modeled latency
-that is the same on every run and every machine.
+that is the same on every run and every machine (to ~0.03% across sessions of one board).
 
 The plugin is compiled here, once per version of its source, with this machine's C compiler;
 it loads only into Debian's dynamically linked `qemu-aarch64` (package qemu-user: the static
