@@ -31,18 +31,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 PEER_PACKAGES = ("onnxruntime==1.31.1",)
-PEERS_MARK = "peers-" + "-".join(p.replace("==", "_") for p in PEER_PACKAGES)
-
-
-def ensure_peers() -> None:
-    from pipeline.farm import emulated
-
-    mark = emulated.rootfs_dir() / f".{PEERS_MARK}"
-    if not mark.is_file():
-        print(f"installing {', '.join(PEER_PACKAGES)} into the boards' root filesystem",
-              file=sys.stderr)
-        emulated.add_board_packages(PEER_PACKAGES)
-        mark.write_text("\n")
 
 
 def ort_int8(fp32_path: str, model, folder: str) -> str:
@@ -99,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     x = model.sample_input()
     expected = int(np.argmax(model.reference_output(x)))
-    ensure_peers()
+    from pipeline.farm.emulated import add_board_packages
+
+    add_board_packages(PEER_PACKAGES)
     with tempfile.TemporaryDirectory() as folder:
         x_path = os.path.join(folder, "x.npy")
         np.save(x_path, x)

@@ -65,10 +65,7 @@ def main() -> int:
     from pipeline.base.devices import load_device
     from pipeline.farm import emulated, modeled
 
-    mark = emulated.rootfs_dir() / ".peers-litert"
-    if not mark.is_file():
-        emulated.add_board_packages(PEERS)
-        mark.write_text("\n")
+    emulated.add_board_packages(PEERS)
     with tempfile.TemporaryDirectory() as folder:
         files = {name: to_tflite(name, folder) for name in {row[0] for row in PUBLISHED}}
         print(f"{'model':<20}{'board':<10}{'modeled 1 core':>16}{'/ threads':>11}"

@@ -113,9 +113,13 @@ def setup(root: Path = BOARDS_ROOT) -> Path:
 
 def add_board_packages(packages: tuple[str, ...], root: Path = BOARDS_ROOT) -> None:
     """Install more aarch64 wheels (e.g. peer runtimes for a benchmark) into the board's root
-    filesystem, as setup installs TVM: pip on this machine, nothing emulated."""
+    filesystem, as setup installs TVM: pip on this machine, nothing emulated. Once per set of
+    packages (a mark in the root filesystem says it was done)."""
     if not is_ready(root):
         setup(root)
+    mark = rootfs_dir(root) / f".packages-{'-'.join(sorted(packages)).replace('==', '_')}"
+    if mark.is_file():
+        return
     site = rootfs_dir(root) / "usr" / "local" / "lib" / BOARD_PYTHON / "dist-packages"
     # pip takes a --platform literally: every manylinux level the board's glibc (2.36) runs.
     platforms = [arg for level in ("manylinux_2_28", "manylinux_2_27", "manylinux2014")
@@ -123,6 +127,7 @@ def add_board_packages(packages: tuple[str, ...], root: Path = BOARDS_ROOT) -> N
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site),
           "--upgrade", *platforms, "--python-version", "3.11", "--implementation", "cp",
           "--abi", "cp311", "--only-binary=:all:", *packages])
+    mark.write_text("\n")
 
 
 def ensure_binfmt() -> None:
