@@ -88,7 +88,7 @@ def build_main(args: argparse.Namespace, trials: int | None) -> int:
         device = load_device(args.device)
         spec = JobSpec(device, load_model(args.model, args.input_shape), trials, tracker(args),
                        args.out, args.logs, quantize_options(args),
-                       retune=getattr(args, "retune", False))
+                       retune=getattr(args, "retune", False), transfer=args.transfer)
         result = run_job(spec)
         if result is None:  # interrupted: the logs are on disk and the farm is down
             raise HardExit(EXIT_INTERRUPTED)
@@ -136,6 +136,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_shape_and_logs_arguments(parser)
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="artifact folder (default: artifacts/<device>/<model>-<variant>)")
+    parser.add_argument("--no-transfer", dest="transfer", action="store_false",
+                        help="kernels with no tuning records stay untuned (default: each gets "
+                             "the fastest schedule of a kernel of its kind in the class's "
+                             "other logs, re-fitted to its shape and measured on a board)")
 
 
 def add_shape_and_logs_arguments(parser: argparse.ArgumentParser) -> None:

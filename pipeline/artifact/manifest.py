@@ -21,7 +21,8 @@ from pipeline.base.variant import ArtifactKey, Variant
 SCHEMA = "edge-tvm-pipeline/artifact"
 
 
-SCHEMA_VERSION = 2  # 2: quantization and accuracy sections
+SCHEMA_VERSION = 3  # 2: quantization and accuracy sections; 3: tuning.kernels
+READABLE_VERSIONS = (2, 3)  # a v2 manifest reads as v3 with no per-kernel provenance
 
 
 LIB_NAME = "lib.so"
@@ -69,6 +70,9 @@ class TuningInfo:
     tuned_kernels: int
     total_kernels: int
     log_sha256: dict[str, str]
+    # kernel -> "tuned" (searched on boards of the class), "transferred from <logs> <kernel>"
+    # (pipeline.compile.transfer), or "default" (no schedule: TVM's untuned code)
+    kernels: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class Manifest:
         if not isinstance(raw, dict):
             raise UserError(f"{where}: a manifest is a JSON object, not {type(raw).__name__}; "
                             f"the artifact is damaged.")
-        if raw.get("schema") != SCHEMA or raw.get("schema_version") != SCHEMA_VERSION:
+        if raw.get("schema") != SCHEMA or raw.get("schema_version") not in READABLE_VERSIONS:
             raise UserError(f"{where}: schema {raw.get('schema')} v{raw.get('schema_version')} is "
                             f"not {SCHEMA} v{SCHEMA_VERSION}; rebuild the artifact with this "
                             f"version of the pipeline.")

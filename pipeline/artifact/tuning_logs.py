@@ -18,11 +18,14 @@ from pathlib import Path
 from pipeline.artifact.log_repair import RECORDS, WORKLOADS, RepairReport, repair
 from pipeline.base.devices import TARGET_KEYS, DeviceConfig, runs_target
 from pipeline.base.errors import UserError
-from pipeline.base.files import sha256_file
+from pipeline.base.files import atomic_write, sha256_file
 from pipeline.base.paths import TUNING_LOGS
 from pipeline.base.variant import ArtifactKey
 
-LOG_FILES = (WORKLOADS, RECORDS)
+# Kernels whose records transfer tuning borrowed from other logs (pipeline.compile.transfer)
+# and no search has improved on since: task name -> where they came from.
+TRANSFERRED = "transferred.json"
+LOG_FILES = (WORKLOADS, RECORDS, TRANSFERRED)
 LOCK_NAME = ".lock"
 
 
@@ -86,6 +89,14 @@ def seeded_database(own, seed_folder: Path):
     return SeededDatabase(), sum(len(r) for r in by_workload.values())
 
 
+def has_valid_records(database, workload) -> bool:
+    """Whether `database` holds a record of `workload` (a one-function IRModule) that ran."""
+    if not database.has_workload(workload):
+        return False
+    return any(bool(r.run_secs) and all(float(s) < FAILED_RUN_SECS for s in r.run_secs)
+               for r in database.get_top_k(database.commit_workload(workload), 1))
+
+
 def open_database(folder: Path):
     """The folder's records as MetaSchedule's JSON database, what tuning appends to and a build
     applies (its files are created if missing; `repair` first if a crash may have cut a line
@@ -133,8 +144,30 @@ def snapshot(folder: Path, dest: Path) -> RepairReport:
     dest.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         source = folder / name
-        (dest / name).write_bytes(source.read_bytes() if source.exists() else b"")
+        if source.exists() or name != TRANSFERRED:
+            (dest / name).write_bytes(source.read_bytes() if source.exists() else b"")
     return repair(dest)
+
+
+def transferred(folder: Path) -> dict[str, dict]:
+    """Task name -> where the schedule it is built with was transferred from ({}: none)."""
+    path = folder / TRANSFERRED
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_transferred(folder: Path, kernels: dict[str, dict]) -> None:
+    _write_transferred(folder, transferred(folder) | kernels)
+
+
+def forget_transferred(folder: Path, tasks: set[str]) -> None:
+    """Tuning searched these kernels: their schedules are no longer only transferred ones."""
+    known = transferred(folder)
+    if known.keys() & tasks:
+        _write_transferred(folder, {k: v for k, v in known.items() if k not in tasks})
+
+
+def _write_transferred(folder: Path, kernels: dict[str, dict]) -> None:
+    atomic_write(folder / TRANSFERRED, json.dumps(kernels, indent=1, sort_keys=True) + "\n")
 
 
 def count_records(folder: Path) -> int:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifact.tuning_logs import check_target, count_records, open_database
+from pipeline.artifact.tuning_logs import (
+    check_target,
+    count_records,
+    has_valid_records,
+    open_database,
+    transferred,
+)
 from pipeline.base.devices import DeviceConfig
 from pipeline.compile.lowering import apply_database
 
@@ -21,6 +27,8 @@ class BuiltLibrary:
     path: Path
     tuned_kernels: int  # kernels that came from the logs
     total_kernels: int
+    # kernel -> "tuned", "transferred from <logs> <kernel>" or "default" (see TuningInfo)
+    kernels: dict[str, str]
     # conv2d/matmul kernels -> the dtypes of their data and weight operands, read off the
     # module handed to code generation: proof of what the library computes in
     operands: dict[str, tuple[str, str]]
@@ -34,19 +42,40 @@ def build_library(lowered, device: DeviceConfig, log_folder: Path | None,
     import tvm
 
     target = device.tvm_target()
-    total = len(_called_kernels(lowered))
+    database = None
     if log_folder is not None and count_records(log_folder) > 0:
         check_target(log_folder, device.target, device.name)
-        applied = apply_database(lowered, target, open_database(log_folder))
+        database = open_database(log_folder)
+        applied = apply_database(lowered, target, database)
     else:
         applied = lowered
-    called = _called_kernels(applied)
-    tuned = sum(1 for func in called if func.attrs and func.attrs.get("tirx.is_scheduled", False))
+    kernels = kernel_sources(lowered, database,
+                             transferred(log_folder) if log_folder is not None else {})
+    tuned = sum(1 for status in kernels.values() if status != "default")
     operands = matmul_operands(applied)
     executable = tvm.compile(applied, target=target)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _export(executable, out_path, device.compiler())
-    return BuiltLibrary(out_path, tuned, total, operands)
+    return BuiltLibrary(out_path, tuned, len(kernels), kernels, operands)
+
+
+def kernel_sources(lowered, database, borrowed: dict[str, dict]) -> dict[str, str]:
+    """Kernel name -> where its schedule comes from: "tuned", "transferred from <logs>
+    <kernel>" (`borrowed`: the logs' transfer provenance), or "default" when the logs hold no
+    record of it (MetaSchedule's database is keyed by the kernel as a one-function module)."""
+    import tvm
+
+    sources = {}
+    for name, kernel in _called_kernels(lowered).items():
+        workload = tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")})
+        if database is None or not has_valid_records(database, workload):
+            sources[name] = "default"
+        elif name in borrowed:
+            sources[name] = (f"transferred from {borrowed[name]['from']} "
+                             f"{borrowed[name]['source_kernel']}")
+        else:
+            sources[name] = "tuned"
+    return sources
 
 
 def matmul_operands(mod) -> dict[str, tuple[str, str]]:
@@ -89,8 +118,9 @@ def _contracts(kernel) -> bool:
     return False
 
 
-def _called_kernels(mod) -> list:
-    """The TIR kernels that `main` calls (helpers such as weight re-tiling are folded away)."""
+def _called_kernels(mod) -> dict:
+    """Name -> TIR kernel, for those `main` calls (helpers such as weight re-tiling are folded
+    away)."""
     import tvm
     from tvm import relax
 
@@ -98,7 +128,7 @@ def _called_kernels(mod) -> list:
     relax.analysis.post_order_visit(mod["main"], lambda e: names.add(e.args[0].name_hint)
                                     if isinstance(e, relax.Call) and e.op.same_as(
                                         tvm.ir.Op.get("relax.call_tir")) else None)
-    return [mod[name] for name in sorted(names)]
+    return {name: mod[name] for name in sorted(names)}
 
 
 def _export(executable, out_path: Path, compiler: str) -> None:

@@ -32,6 +32,7 @@ class Progress:
         self.before, self.total = before, total
         self.folder = folder  # the logs every measured trial must reach
         self.measured = 0
+        self.searched: set[str] = set()  # tasks that got measured trials in this run
         self.unsaved = 0  # measured trials the logs do not hold (a full disk fails silently)
         self.started = time.monotonic()
         self.stop_requested = False
@@ -43,6 +44,7 @@ class Progress:
 
     def record(self, task_name: str, run_secs: list[float]) -> None:
         self.measured += 1
+        self.searched.add(task_name)
         if run_secs:
             seconds = sum(run_secs) / len(run_secs)
             if math.isfinite(seconds) and seconds < self.best.get(task_name, math.inf):

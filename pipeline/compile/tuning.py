@@ -23,6 +23,7 @@ from pipeline.artifact.tuning_logs import (
     check_target,
     count_records,
     exclusive,
+    forget_transferred,
     open_database,
     repair,
     seeded_database,
@@ -140,27 +141,31 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
         log.info(f"warm start: the search begins from {seeds} valid records in {seed}")
     with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress), \
             _tracker_watched(tracker, folder):
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-            max_trials_global=remaining, max_trials_per_task=per_task,
-            # Each batch costs seconds of evolutionary search whatever its size: 32 amortizes that
-            # and still gives every task a second, cost-model-guided batch within 64 trials.
-            num_trials_per_iter=min(32, per_task),
-            builder=ms.builder.LocalBuilder(
-                f_build=build_candidate,
-                f_export=functools.partial(export_shared, compiler=device.compiler(),
-                                           scratch=str(candidates)),
-                timeout_sec=120 if emulated else 30),
-            runner=_runner(device, tracker, boards, emulated, bool(board.modeled)),
-            database=search_database, cost_model="xgb",
-            # Round-robin joins every finished batch before picking the next task, so each
-            # measured trial reaches the logs at once; the gradient scheduler holds the whole
-            # first round (hundreds of trials) in memory. With the budget at tasks x per-task
-            # cap, both allocate the same trials.
-            task_scheduler="round-robin",
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                               progress.callback()],
-        )
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                max_trials_global=remaining, max_trials_per_task=per_task,
+                # Each batch costs seconds of evolutionary search whatever its size: 32
+                # amortizes that and still gives every task a second, cost-model-guided batch
+                # within 64 trials.
+                num_trials_per_iter=min(32, per_task),
+                builder=ms.builder.LocalBuilder(
+                    f_build=build_candidate,
+                    f_export=functools.partial(export_shared, compiler=device.compiler(),
+                                               scratch=str(candidates)),
+                    timeout_sec=120 if emulated else 30),
+                runner=board_runner(device, tracker, boards, emulated, bool(board.modeled)),
+                database=search_database, cost_model="xgb",
+                # Round-robin joins every finished batch before picking the next task, so each
+                # measured trial reaches the logs at once; the gradient scheduler holds the whole
+                # first round (hundreds of trials) in memory. With the budget at tasks x per-task
+                # cap, both allocate the same trials.
+                task_scheduler="round-robin",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   progress.callback()],
+            )
+        finally:  # the kernels searched now are no longer transfer's alone
+            forget_transferred(folder, progress.searched)
     if progress.unsaved:
         raise UserError(f"{progress.unsaved} measured trials did not reach {folder} (is the disk "
                         f"full?); tuning stopped. The logs hold every record counted there. "
@@ -293,7 +298,7 @@ def _history(database, task) -> tuple[int, float | None]:
     return len(records), best
 
 
-def _runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool,
+def board_runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool,
             modeled: bool = False):
     from tvm.s_tir import meta_schedule as ms
 

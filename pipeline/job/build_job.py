@@ -41,6 +41,7 @@ from pipeline.base.paths import ARTIFACTS, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey
 from pipeline.compile.build import BuiltLibrary, build_library
 from pipeline.compile.lowering import lower
+from pipeline.compile.transfer import transfer, transfer_sources
 from pipeline.compile.tuning import tune
 from pipeline.farm.local import farm_for
 from pipeline.farm.tracker import TrackerAddress
@@ -67,6 +68,9 @@ class JobSpec:
     options: QuantizeOptions = field(default_factory=QuantizeOptions)
     verify: bool = True  # False: packaged without verification (no board of the class)
     retune: bool = False  # host: tune this exact CPU into its own logs, never borrow a class's
+    # Kernels with no records borrow schedules of their kind from the class's other logs
+    # (pipeline.compile.transfer), measured on the job's boards.
+    transfer: bool = True
 
     @property
     def key(self) -> ArtifactKey:
@@ -94,10 +98,14 @@ def run_job(spec: JobSpec) -> JobResult | None:
     quantized = quantize(imported, model, device, spec.options)
     lowered = lower(quantized.mod, device.tvm_target())
     needs_boards = trials > 0 or spec.verify
+    sources = (transfer_sources(device, folder, spec.log_root, also=_also_borrowed(device))
+               if spec.transfer and needs_boards else [])
     with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
-        if trials > 0 and tune(lowered, device, folder, trials, address,
-                               seed=source.seed).interrupted:
-            return None
+        if trials > 0:
+            # Into the logs: the search starts from the transferred schedules.
+            transfer(lowered, device, folder, sources, spec.log_root, address)
+            if tune(lowered, device, folder, trials, address, seed=source.seed).interrupted:
+                return None
         log.info("building for %s with the logs in %s", device.name, folder)
         with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
             # Build from and bundle one snapshot: a tuner may still be appending to `folder`.
@@ -105,9 +113,12 @@ def run_job(spec: JobSpec) -> JobResult | None:
             for line in snapshot(folder, used_logs).dropped:
                 log.warning("skipped a corrupt tuning record: %s",
                             line.replace(str(used_logs), str(folder)))
+            if trials == 0:  # into the bundled copy: a build leaves the logs as they are
+                transfer(lowered, device, used_logs, sources, spec.log_root, address)
             built = build_library(lowered, device, used_logs, Path(scratch) / "lib.so")
-            log.info("  %d/%d kernels from the tuning logs", built.tuned_kernels,
-                     built.total_kernels)
+            borrowed = sum(1 for k in built.kernels.values() if k.startswith("transferred"))
+            log.info("  %d/%d kernels from the tuning logs%s", built.tuned_kernels,
+                     built.total_kernels, f" ({borrowed} transferred)" if borrowed else "")
             checked = (verify_on_board(built.path, model, quantized, device, address)
                        if spec.verify else None)
             manifest = _manifest(device, model, imported, quantized, built, used_logs, checked)
@@ -155,6 +166,14 @@ def logs_for(device: DeviceConfig, key: ArtifactKey, log_root: Path,
     return LogSource(device, own)
 
 
+def _also_borrowed(device: DeviceConfig) -> tuple[str, ...]:
+    """The classes besides its own whose logs a device's kernels may transfer from: for a
+    detected host, every x86 class whose code this CPU runs."""
+    if not device.detected:
+        return ()
+    return tuple(c.name for c in x86_classes_fastest_first() if runs_target(c.target))
+
+
 def _borrowable(key: ArtifactKey, log_root: Path):
     """(class, its logs folder, their target) of the fastest x86 class with logs for `key`
     whose code this CPU runs, or None."""
@@ -187,6 +206,6 @@ def _manifest(device: DeviceConfig, model: LoadedModel, imported: ImportedModel,
         device=DeviceInfo(device.name, device.target, device.rpc_key, sha256_file(device.source)),
         variant=quantized.variant, toolchain=toolchain_versions(device),
         tuning=TuningInfo(count_records(used_logs), built.tuned_kernels, built.total_kernels,
-                          file_hashes(used_logs)),
+                          file_hashes(used_logs), built.kernels),
         files={}, verification=checked, quantization=quantized.quantization,
         accuracy=quantized.accuracy)

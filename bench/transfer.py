@@ -1,0 +1,113 @@
+"""Models nobody has tuned, on this machine, side by side in one run: TVM untuned, TVM with
+schedules transferred from the class's committed logs (no tuning), and ONNX Runtime.
+
+    python bench/transfer.py [--models mobilenet-v2,resnet-18] [--device host]
+                             [--without efficientnet-lite0] [--runs 100]
+
+Each model is built twice with `pipeline.build` (no tuning; verified on a board of the class):
+with --no-transfer, and with transfer from every other committed log of the class. With
+--without M the logs of model M are set aside (leave-one-out: M itself can then be one of the
+models, its transferred build next to its tuned one). ONNX Runtime runs the faster of the plain
+and the simplified torch.onnx export, with as many threads as the artifacts were verified with.
+Prints per model the latencies, the ratios to ONNX Runtime and how many kernels were
+transferred.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUND_S = 5.0  # at most about this long per runtime and round, at least 3 runs
+
+
+def _logs_without(model: str | None, scratch: Path) -> Path:
+    """The committed logs, or a copy of them with every folder of `model` set aside."""
+    logs = ROOT / "tuning_logs"
+    if model is None:
+        return logs
+    copy = scratch / "logs"
+    shutil.copytree(logs, copy, ignore=shutil.ignore_patterns(".lock"))
+    for folder in copy.glob(f"*/{model}-*"):
+        shutil.rmtree(folder)
+    return copy
+
+
+def _build(device: str, model: str, logs: Path, out: Path, transfer: bool) -> float:
+    from pipeline.build import main as build
+
+    start = time.monotonic()
+    argv = ["--device", device, "--model", model, "--logs", str(logs), "--out", str(out)]
+    if build(argv + ([] if transfer else ["--no-transfer"])) != 0:
+        raise SystemExit(f"building {model} for {device} failed")
+    return time.monotonic() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="mobilenet-v2,resnet-18")
+    parser.add_argument("--device", default="host")
+    parser.add_argument("--without", metavar="MODEL",
+                        help="set this model's committed logs aside (leave-one-out)")
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from efficientnet_lite0 import export_onnx, median_ms, ort_runner, tvm_runner
+
+    from pipeline.artifact.manifest import read_manifest
+    from pipeline.frontend.models import load_model
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-transfer-") as scratch_name:
+        scratch = Path(scratch_name)
+        logs = _logs_without(args.without, scratch)
+        for name in args.models.split(","):
+            model = load_model(name)
+            x = model.sample_input()
+            built = {}
+            for label, transfer in (("untuned", False), ("transferred", True)):
+                out = scratch / f"{name}-{label}"
+                seconds = _build(args.device, name, logs, out, transfer)
+                built[label] = (out, read_manifest(out), seconds)
+            threads = built["transferred"][1].verification.threads or 1
+            plain, lean = export_onnx(model, x, scratch_name)
+            timings = {}
+            # Interleaved, one round after another, so that a noisy spell hits every runtime.
+            runners = {label: tvm_runner(out, x)[0] for label, (out, _, _) in built.items()}
+            runners["ort"] = ort_runner(plain, x, threads)
+            runners["ort-simplified"] = ort_runner(lean, x, threads)
+            for _ in range(3):
+                for label, run in runners.items():
+                    start = time.perf_counter()
+                    run()  # an untuned build takes seconds a run: time it fewer times
+                    once = time.perf_counter() - start
+                    runs = max(3, min(args.runs // 3, int(ROUND_S / max(once, 1e-6))))
+                    median, _ = median_ms(run, runs, warmup=min(5, runs))
+                    timings[label] = min(timings.get(label, float("inf")), median)
+            ort = min(timings["ort"], timings["ort-simplified"])
+            kernels = built["transferred"][1].tuning.kernels
+            moved = sum(1 for k in kernels.values() if k.startswith("transferred"))
+            rows.append((name, threads, timings["untuned"], timings["transferred"], ort, moved,
+                         len(kernels), built["transferred"][2]))
+    print(f"\n{args.device}, logs {'without ' + args.without if args.without else 'as committed'}"
+          f" (best of 3 interleaved medians, ms)")
+    print(f"{'model':18s} {'thr':>3s} {'untuned':>9s} {'transfer':>9s} {'ORT':>8s} "
+          f"{'untuned/ORT':>11s} {'transfer/ORT':>12s} {'kernels':>9s} {'build s':>8s}")
+    for name, threads, untuned, moved_ms, ort, moved, total, seconds in rows:
+        print(f"{name:18s} {threads:3d} {untuned:9.2f} {moved_ms:9.2f} {ort:8.2f} "
+              f"{untuned / ort:10.2f}x {moved_ms / ort:11.2f}x {moved:4d}/{total:<4d} "
+              f"{seconds:8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())
