@@ -93,8 +93,12 @@ def has_valid_records(database, workload) -> bool:
     """Whether `database` holds a record of `workload` (a one-function IRModule) that ran."""
     if not database.has_workload(workload):
         return False
-    return any(bool(r.run_secs) and all(float(s) < FAILED_RUN_SECS for s in r.run_secs)
-               for r in database.get_top_k(database.commit_workload(workload), 1))
+    return any(ran(r) for r in database.get_top_k(database.commit_workload(workload), 1))
+
+
+def ran(record) -> bool:
+    """Whether a tuning record is of a candidate that ran (a failed one has 1e10 s)."""
+    return bool(record.run_secs) and all(float(s) < FAILED_RUN_SECS for s in record.run_secs)
 
 
 def open_database(folder: Path):

@@ -29,6 +29,7 @@ from pipeline.artifact.tuning_logs import (
     has_valid_records,
     logged_target,
     open_database,
+    ran,
     record_transferred,
 )
 from pipeline.base.devices import DeviceConfig
@@ -57,7 +58,6 @@ class TransferredKernel:
 @dataclass(frozen=True)
 class TransferResult:
     kernels: tuple[TransferredKernel, ...]
-    without_source: tuple[str, ...]  # kernels with no records of their kind in any source
     measured: int  # candidates built and run on boards
 
 
@@ -89,7 +89,7 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     from tvm.s_tir import meta_schedule as ms
 
     if not sources:
-        return TransferResult((), (), 0)
+        return TransferResult((), 0)
     target = device.tvm_target()
     extensions = extensions_for(target)
     extensions.register_intrinsics()  # source records may name them
@@ -97,7 +97,7 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     tasks = [t for t in tunable_tasks(lowered_mod, target)
              if not has_valid_records(database, t.dispatched[0])]
     if not tasks:
-        return TransferResult((), tuple(t.task_name for t in tasks), 0)
+        return TransferResult((), 0)
     index = _index_sources(sources, log_root)
     log.info("transfer: %d kernels have no tuning records; looking for schedules of the same "
              "kind in %d other logs (%s)", len(tasks), len(sources),
@@ -106,13 +106,7 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     # only, and setting them up costs seconds.
     space = ms.TuneContext(mod=tasks[0].dispatched[0], target=target, task_name="transfer",
                            space_generator=extensions.space_generator()).space_generator
-    pending, without = [], []
-    for task in tasks:
-        candidates = _candidates(task, space, index)
-        if candidates:
-            pending.append((task, candidates))
-        else:
-            without.append(task.task_name)
+    pending = [(task, found) for task in tasks if (found := _candidates(task, space, index))]
     boards = wait_for_boards(tracker, device.rpc_key)
     board = board_info(tracker, device.rpc_key)
     runner = board_runner(device, tracker, boards, board.emulated, bool(board.modeled))
@@ -129,7 +123,6 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
             for task, cands in batch:
                 result = _commit(task, cands, timed, database, target)
                 if result is None:
-                    without.append(task.task_name)
                     continue
                 kernels.append(result)
                 log.info("transfer: %-48s %8.3f ms  from %s %s", task.task_name,
@@ -139,7 +132,7 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
                                 for k in kernels})
     log.info("transfer: %d of %d kernels got a transferred schedule (%d candidates measured)",
              len(kernels), len(tasks), measured)
-    return TransferResult(tuple(kernels), tuple(without), measured)
+    return TransferResult(tuple(kernels), measured)
 
 
 def kernel_kind(func) -> tuple[tuple, tuple[int, ...]]:
@@ -197,7 +190,6 @@ def _describe(kind: tuple, extents: tuple[int, ...]) -> str:
 
 def _index_sources(sources: list[Path], log_root: Path) -> list[_Source]:
     import tvm
-    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
     index: list[_Source] = []
@@ -210,10 +202,9 @@ def _index_sources(sources: list[Path], log_root: Path) -> list[_Source]:
         database = ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
                                             path_tuning_record=str(folder / RECORDS),
                                             allow_missing=False)
-        grouped: dict[int, list] = {}
-        for record in database.get_all_tuning_records():
-            if _valid(record):
-                grouped.setdefault(tvm_ffi.structural_hash(record.workload.mod), []).append(record)
+        grouped: dict = {}  # records of one workload share its object
+        for record in filter(ran, database.get_all_tuning_records()):
+            grouped.setdefault(record.workload, []).append(record)
         for records in grouped.values():
             kind, extents = kernel_kind(records[0].workload.mod["main"])
             records.sort(key=_mean)
@@ -400,10 +391,6 @@ def _commit(task, candidates, timed, database, target) -> TransferredKernel | No
     kind, extents = kernel_kind(mod["main"])
     return TransferredKernel(task.task_name, _describe(kind, extents), source.folder,
                              source.kernel, sum(secs) / len(secs), len(runs))
-
-
-def _valid(record) -> bool:
-    return bool(record.run_secs) and all(float(s) < FAILED_RUN_SECS for s in record.run_secs)
 
 
 def _mean(record) -> float:
