@@ -10,13 +10,16 @@ with --no-transfer, and with transfer from every other committed log of the clas
 models, its transferred build next to its tuned one). ONNX Runtime runs the faster of the plain
 and the simplified torch.onnx export, with as many threads as the artifacts were verified with.
 Prints per model the latencies, the ratios to ONNX Runtime and how many kernels were
-transferred.
+transferred; with --own-process each runtime is also timed alone in a process of its own
+(interleaved, ONNX Runtime's spinning worker threads take CPU from whichever runs next).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +29,40 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_S = 5.0  # at most about this long per runtime and round, at least 3 runs
+ALONE = """
+import statistics, sys, time, numpy as np
+kind, path, threads, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+x = np.load(sys.argv[5])
+if kind == "tvm":
+    import tvm
+    from tvm import relax
+    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    vm.set_input("main", tvm.runtime.tensor(x))
+    run = lambda: vm.invoke_stateful("main")
+else:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    run = lambda: session.run(None, {"input": x})
+start = time.perf_counter(); run(); once = time.perf_counter() - start
+runs = max(5, min(200, int(seconds / max(once, 1e-6))))
+for _ in range(min(10, runs)):
+    run()
+times = []
+for _ in range(runs):
+    start = time.perf_counter(); run(); times.append((time.perf_counter() - start) * 1e3)
+print(statistics.median(times))
+"""
+
+
+def _alone(kind: str, path: Path | str, threads: int, x_file: Path) -> float:
+    """Median ms of one runtime timed alone in a fresh process (TVM with `threads` threads)."""
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", ALONE, kind, str(path), str(threads),
+                           str(3 * ROUND_S), str(x_file)], capture_output=True, text=True,
+                          check=True, env=env)
+    return float(done.stdout.split()[-1])
 
 
 def _logs_without(model: str | None, scratch: Path) -> Path:
@@ -57,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", metavar="MODEL",
                         help="set this model's committed logs aside (leave-one-out)")
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--own-process", action="store_true",
+                        help="also time each runtime alone in a process of its own")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
@@ -93,18 +132,31 @@ def main(argv: list[str] | None = None) -> int:
                     median, _ = median_ms(run, runs, warmup=min(5, runs))
                     timings[label] = min(timings.get(label, float("inf")), median)
             ort = min(timings["ort"], timings["ort-simplified"])
+            alone = None
+            if args.own_process:
+                runners.clear()  # no thread pool of this process competes
+                np.save(scratch / "x.npy", x)
+                alone = {label: _alone("tvm", out / "lib.so", threads, scratch / "x.npy")
+                         for label, (out, _, _) in built.items()}
+                alone["ort"] = min(_alone("ort", path, threads, scratch / "x.npy")
+                                   for path in (plain, lean))
             kernels = built["transferred"][1].tuning.kernels
             moved = sum(1 for k in kernels.values() if k.startswith("transferred"))
             rows.append((name, threads, timings["untuned"], timings["transferred"], ort, moved,
-                         len(kernels), built["transferred"][2]))
+                         len(kernels), built["transferred"][2], alone))
     print(f"\n{args.device}, logs {'without ' + args.without if args.without else 'as committed'}"
           f" (best of 3 interleaved medians, ms)")
     print(f"{'model':18s} {'thr':>3s} {'untuned':>9s} {'transfer':>9s} {'ORT':>8s} "
           f"{'untuned/ORT':>11s} {'transfer/ORT':>12s} {'kernels':>9s} {'build s':>8s}")
-    for name, threads, untuned, moved_ms, ort, moved, total, seconds in rows:
+    for name, threads, untuned, moved_ms, ort, moved, total, seconds, alone in rows:
         print(f"{name:18s} {threads:3d} {untuned:9.2f} {moved_ms:9.2f} {ort:8.2f} "
               f"{untuned / ort:10.2f}x {moved_ms / ort:11.2f}x {moved:4d}/{total:<4d} "
               f"{seconds:8.0f}")
+        if alone:
+            print(f"{'  alone':18s} {threads:3d} {alone['untuned']:9.2f} "
+                  f"{alone['transferred']:9.2f} {alone['ort']:8.2f} "
+                  f"{alone['untuned'] / alone['ort']:10.2f}x "
+                  f"{alone['transferred'] / alone['ort']:11.2f}x")
     return 0
 
 

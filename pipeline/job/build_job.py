@@ -30,6 +30,7 @@ from pipeline.artifact.store import check_destination, write_artifact
 from pipeline.artifact.tuning_logs import (
     buildable_device,
     count_records,
+    exclusive,
     file_hashes,
     log_dir,
     logged_target,
@@ -102,8 +103,8 @@ def run_job(spec: JobSpec) -> JobResult | None:
                if spec.transfer and needs_boards else [])
     with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
         if trials > 0:
-            # Into the logs: the search starts from the transferred schedules.
-            transfer(lowered, device, folder, sources, spec.log_root, address)
+            with exclusive(folder):  # into the logs: the search starts from them
+                transfer(lowered, device, folder, sources, spec.log_root, address)
             if tune(lowered, device, folder, trials, address, seed=source.seed).interrupted:
                 return None
         log.info("building for %s with the logs in %s", device.name, folder)
