@@ -31,6 +31,7 @@ from pipeline.artifact.tuning_logs import (
     open_database,
     ran,
     record_transferred,
+    repair,
 )
 from pipeline.base.devices import DeviceConfig
 from pipeline.compile.extensions import extensions_for
@@ -93,6 +94,8 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     target = device.tvm_target()
     extensions = extensions_for(target)
     extensions.register_intrinsics()  # source records may name them
+    for line in repair(folder).dropped:  # a crash may have cut the last record short
+        log.warning("moved a corrupt tuning record aside: %s", line)
     database = open_database(folder)
     tasks = [t for t in tunable_tasks(lowered_mod, target)
              if not has_valid_records(database, t.dispatched[0])]
@@ -103,7 +106,8 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
              "kind in %d other logs (%s)", len(tasks), len(sources),
              ", ".join(str(s.relative_to(log_root)) for s in sources))
     # One context for every kernel: its space generator and postprocessors depend on the target
-    # only, and setting them up costs seconds.
+    # only, and a TuneContext costs tens of seconds the first time (it imports every tensor
+    # intrinsic TVM ships).
     space = ms.TuneContext(mod=tasks[0].dispatched[0], target=target, task_name="transfer",
                            space_generator=extensions.space_generator()).space_generator
     pending = [(task, found) for task in tasks if (found := _candidates(task, space, index))]
@@ -207,7 +211,7 @@ def _index_sources(sources: list[Path], log_root: Path) -> list[_Source]:
             grouped.setdefault(record.workload, []).append(record)
         for records in grouped.values():
             kind, extents = kernel_kind(records[0].workload.mod["main"])
-            records.sort(key=_mean)
+            records.sort(key=lambda r: sum(float(s) for s in r.run_secs) / len(r.run_secs))
             index.append(_Source(str(folder.relative_to(log_root)), _describe(kind, extents),
                                  kind, extents, tuple(records[:RECORDS_PER_SOURCE])))
     return index
@@ -236,7 +240,7 @@ def _candidates(task, space, index: list[_Source]) -> list[tuple]:
                      for r in s.records)
     else:
         spaces = [sch.trace for sch in space.generate_design_space(mod)]
-        structures = [_choices(space) for space in spaces]
+        structures = [_choices(trace) for trace in spaces]
         related = [s for s in index if _anchor(s.kind, s.extents)[0] == anchor
                    and _choices(s.records[0].trace) in structures]
         related.sort(key=lambda s: _distance(_anchor(s.kind, s.extents)[1], anchor_extents))
@@ -391,7 +395,3 @@ def _commit(task, candidates, timed, database, target) -> TransferredKernel | No
     kind, extents = kernel_kind(mod["main"])
     return TransferredKernel(task.task_name, _describe(kind, extents), source.folder,
                              source.kernel, sum(secs) / len(secs), len(runs))
-
-
-def _mean(record) -> float:
-    return sum(float(s) for s in record.run_secs) / len(record.run_secs)
