@@ -50,7 +50,7 @@ def seeded_database(own, seed_folder: Path):
                                     allow_missing=False)
     by_workload: dict[int, list] = {}
     for record in seed.get_all_tuning_records():
-        if record.run_secs and all(float(s) < FAILED_RUN_SECS for s in record.run_secs):
+        if ran(record):
             by_workload.setdefault(tvm_ffi.structural_hash(record.workload.mod), []).append(record)
     for records in by_workload.values():
         records.sort(key=lambda r: sum(float(s) for s in r.run_secs) / len(r.run_secs))
