@@ -177,9 +177,12 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
                             "quantization results)")
     group.add_argument("--eval-data", metavar="SOURCE",
                        help="accuracy data (default: the calibration source; for builtin, other "
-                            "crops). With labels, the drop is in accuracy points")
+                            "crops). Images are also measured shifted: resized by scikit-image, "
+                            "through sensor noise and JPEG, and for builtin on other photos; "
+                            "the gate judges the worst set. With labels, the drop is in "
+                            "accuracy points")
     group.add_argument("--eval-count", type=int, default=200, metavar="N",
-                       help="accuracy inputs to use (default: 200)")
+                       help="accuracy inputs per evaluation set (default: 200)")
     group.add_argument("--keep-float", default="", metavar="LAYER,...",
                        help="layers to leave in float, e.g. conv2d_0,matmul_0 (names are "
                             "printed by the accuracy fallback and stored in the manifest)")

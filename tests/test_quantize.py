@@ -15,7 +15,7 @@ from pipeline.frontend.models import load_model
 from pipeline.job.build_job import JobSpec, run_job
 from pipeline.job.rebuild_job import rebuild
 from pipeline.quantization.calibration import calibrate
-from pipeline.quantization.datasets import load_dataset
+from pipeline.quantization.datasets import evaluation_sets, load_dataset
 from pipeline.quantization.graph import QUANTIZED_OPS, op_name
 from pipeline.quantization.observers import observer_for, relative_noise
 from pipeline.quantization.policy import VNNI, policy_for
@@ -24,7 +24,9 @@ from pipeline.quantization.stage import QuantizeOptions, quantize
 from pipeline.quantization.weights import quantize_weight
 from tests import digits
 
-FAST = {"calibration_count": 8, "eval_count": 16}
+# 16 inputs per evaluation set: one near-tie of the top two classes is 6 points of top-1, so
+# the gate here is wide; the tests that exercise the gate set their own.
+FAST = {"calibration_count": 8, "eval_count": 16, "max_drop_points": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,12 @@ def test_int8_library_computes_every_conv_and_matmul_in_int8(tmp_path, tiny_mode
     assert any("conv2d" in name and "round" in name for name in built.operands)
     report = quantized.accuracy
     assert report.sqnr_db > 25 and report.top1_agreement >= 0.9
+    # Measured on the crops as given and three shifted sets; the gate's figure is the worst.
+    specs = [r.eval_data.spec for r in quantized.evaluations]
+    assert specs == ["builtin", "builtin (other-resize)", "builtin (camera)",
+                     "builtin (other-photos)"]
+    assert report in quantized.evaluations
+    assert report.drop_points == max(r.drop_points for r in quantized.evaluations)
 
 
 def test_the_int8_check_sees_a_float_layer(tmp_path, tiny_model, tiny_imported, host_device):
@@ -154,17 +162,19 @@ def test_calibration_methods_choose_different_ranges():
 
 def test_the_accuracy_gate_refuses_and_force_records_it(tiny_model, tiny_imported, host_device):
     # The entropy method clips tiny-cnn's seeded activations hard: a real, reproducible drop.
-    options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=0, **FAST)
+    options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=0,
+                              **{**FAST, "max_drop_points": 1.0})
     with pytest.raises(UserError, match="Not packaged.*--force"):
         quantize(tiny_imported, tiny_model, host_device, options)
     forced = quantize(tiny_imported, tiny_model, host_device,
                       QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=0,
-                                      force=True, **FAST))
+                                      force=True, **{**FAST, "max_drop_points": 1.0}))
     assert forced.accuracy.forced and forced.accuracy.drop_points > 1.0
 
 
 def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, host_device):
-    options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=5, **FAST)
+    options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=5,
+                              **{**FAST, "max_drop_points": 1.0})
     quantized = quantize(tiny_imported, tiny_model, host_device, options)
     assert quantized.quantization.fallback_layers
     assert set(quantized.quantization.fallback_layers) <= set(quantized.quantization.float_layers)
@@ -195,6 +205,38 @@ def test_calibration_data_sources_and_their_errors(tmp_path):
         load_dataset(str(tmp_path / "bad.npy"), (1, 1, 8, 8), 10, 0)
     with pytest.raises(UserError, match="image model"):
         load_dataset("builtin", (1, 64), 4, 0)
+
+
+def test_evaluation_data_is_shifted_away_from_calibration(tmp_path):
+    shape = (1, 3, 32, 32)
+    sets = evaluation_sets("builtin", shape, 12)
+    again = evaluation_sets("builtin", shape, 12)
+    assert [d.sha256 for d in sets] == [d.sha256 for d in again]  # reproducible
+    assert len({d.sha256 for d in sets}) == 4
+    assert all(d.inputs.shape == (12, 3, 32, 32) for d in sets)
+    given, resized, _, photos = sets
+    # The friendly set is what calibration's code makes (other crops of the same photos);
+    # a bench draws yet other crops and shifts with its own seed.
+    assert given.sha256 == load_dataset("builtin", shape, 12, 1).sha256
+    assert evaluation_sets("builtin", shape, 12, seed=2)[1].sha256 != resized.sha256
+    # Sensor noise and JPEG add high-frequency energy: at ImageNet's size (a downscale to 32
+    # averages it away) the camera set's neighbouring pixels differ more than the resized set's.
+    large = evaluation_sets("builtin", (1, 3, 224, 224), 8)
+    roughness = [float(np.abs(np.diff(d.inputs, axis=-1)).mean()) for d in large]
+    assert roughness[2] > 1.15 * roughness[1], roughness
+    # Other photos: other content, so other statistics than the calibration photos'.
+    assert abs(photos.inputs.mean() - given.inputs.mean()) > 0.2
+    # A folder gets its own shifted copies; model inputs in a NumPy file cannot be shifted.
+    from skimage import data, io
+
+    (tmp_path / "images").mkdir()
+    io.imsave(tmp_path / "images" / "cat.png", data.chelsea())
+    folder = evaluation_sets(str(tmp_path / "images"), shape, 5)
+    assert [d.spec.removeprefix(str(tmp_path / "images")) for d in folder] == [
+        "", " (other-resize)", " (camera)"]
+    assert [len(d) for d in folder] == [1, 5, 5]  # crops of the one image, once shifted
+    np.save(tmp_path / "x.npy", np.zeros((3, 3, 32, 32), "float32"))
+    assert len(evaluation_sets(str(tmp_path / "x.npy"), shape, 5)) == 1
 
 
 @pytest.mark.slow

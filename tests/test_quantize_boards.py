@@ -16,7 +16,9 @@ from pipeline.job.build_job import JobSpec, run_job
 from pipeline.quantization.stage import QuantizeOptions
 
 pytestmark = pytest.mark.slow
-FAST = {"calibration_count": 8, "eval_count": 16}
+# 16 inputs per evaluation set: one near-tie of the top two classes is 6 points of top-1, so
+# the gate here is wide; the tests that exercise the gate set their own.
+FAST = {"calibration_count": 8, "eval_count": 16, "max_drop_points": 10.0}
 OBJDUMP = "aarch64-linux-gnu-objdump"
 
 

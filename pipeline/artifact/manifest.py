@@ -21,8 +21,9 @@ from pipeline.base.variant import ArtifactKey, Variant
 SCHEMA = "edge-tvm-pipeline/artifact"
 
 
-SCHEMA_VERSION = 3  # 2: quantization and accuracy sections; 3: tuning.kernels
-READABLE_VERSIONS = (2, 3)  # a v2 manifest reads as v3 with no per-kernel provenance
+# 2: quantization and accuracy sections; 3: tuning.kernels; 4: accuracy on every evaluation set
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # older ones read with what they lack left empty
 
 
 LIB_NAME = "lib.so"
@@ -137,7 +138,8 @@ class Manifest:
     files: dict[str, str]  # relative path -> sha256, lib and bundled logs
     verification: Verification | None = None
     quantization: Quantization | None = None
-    accuracy: Accuracy | None = None
+    accuracy: Accuracy | None = None  # the worst of `evaluations`: what the accuracy gate judged
+    evaluations: tuple[Accuracy, ...] = ()  # one per evaluation set, shifted ones included
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 

@@ -13,6 +13,8 @@ def sample_image(name: str) -> np.ndarray:
     import skimage.data
 
     image = getattr(skimage.data, name)()
+    if name == "stereo_motorcycle":  # (left, right, disparity)
+        image = image[0]
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     return image[..., :3]

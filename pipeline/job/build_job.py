@@ -209,4 +209,4 @@ def _manifest(device: DeviceConfig, model: LoadedModel, imported: ImportedModel,
         tuning=TuningInfo(count_records(used_logs), built.tuned_kernels, built.total_kernels,
                           file_hashes(used_logs), built.kernels),
         files={}, verification=checked, quantization=quantized.quantization,
-        accuracy=quantized.accuracy)
+        accuracy=quantized.accuracy, evaluations=quantized.evaluations)

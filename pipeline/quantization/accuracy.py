@@ -50,6 +50,11 @@ def describe(report: Accuracy) -> str:
     return ", ".join(parts) + f" on {report.eval_data.count} inputs from {report.eval_data.spec}"
 
 
+def worst(reports: tuple[Accuracy, ...]) -> Accuracy:
+    """The report of the set that lost most (then: of the lowest SQNR)."""
+    return max(reports, key=lambda report: (report.drop_points, -report.sqnr_db))
+
+
 def within(report: Accuracy) -> bool:
     return report.drop_points <= report.max_drop_points
 

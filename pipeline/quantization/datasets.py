@@ -6,6 +6,16 @@ images, or a NumPy file. Every set carries a content hash that goes into the man
   DIR/               every .png/.jpg/.jpeg/.bmp/.tif in DIR, resized and normalised the same way
   FILE.npy           an array (N, *input shape without the batch axis), used as is
   FILE.npz           arrays `inputs` (as above) and optionally `labels` (N,) integer classes
+
+Accuracy is measured on the evaluation data as given and, for images, on shifted copies that
+calibration's preprocessing never produces (`evaluation_sets`): users calibrate on the images
+they have and deploy on a camera's, so the figure that counts is the worst of them.
+
+  other-resize       scikit-image's resize (Gaussian anti-aliasing) instead of torch's
+                     bilinear one, crops of 30-100% of the side with a squashed aspect ratio
+  camera             sensor noise and a JPEG round trip before that resize
+  other-photos       (builtin only) photos calibration never saw: a street scene, textures,
+                     a document, the moon
 """
 
 from __future__ import annotations
@@ -17,14 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.base.errors import UserError
-from pipeline.frontend.images import preprocess, sample_image
+from pipeline.frontend.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_image
 
 # Photos of things ImageNet has classes for; crops of them are what "natural images" means in
 # the accuracy figures. Calibration and evaluation draw different crops (different seeds).
 BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "clock", "coins",
                   "hubble_deep_field")
+# Photos that neither calibration nor the friendly evaluation set crop from.
+OTHER_PHOTOS = ("stereo_motorcycle", "brick", "gravel", "grass", "moon", "colorwheel", "page")
 CALIBRATION_SEED = 0
 EVALUATION_SEED = 1
+SHIFTS = {"other-resize": 1, "camera": 2, "other-photos": 3}  # shift -> its seed's last digit
+CAMERA_NOISE = 0.02  # standard deviation of the sensor noise, on pixels in [0, 1]
+JPEG_QUALITY = (60, 90)  # range of the round trip's quality
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -56,6 +71,76 @@ def load_dataset(spec: str, input_shape: tuple[int, ...], count: int, seed: int)
                             f".npy/.npz file. See python -m pipeline.tune --help.")
     inputs = np.ascontiguousarray(inputs, dtype="float32")
     return Dataset(spec, inputs, labels, _digest(inputs, labels))
+
+
+def evaluation_sets(spec: str, input_shape: tuple[int, ...], count: int,
+                    seed: int = EVALUATION_SEED) -> tuple[Dataset, ...]:
+    """The data accuracy is measured on: SPEC as given (builtin: crops drawn with `seed`, other
+    than calibration's) then, for images, its shifted copies (module doc; seeds 10 x `seed` +
+    1, 2, 3); a .npy/.npz file is model input already, so it is used as given only."""
+    if spec == "builtin":
+        given = load_dataset(spec, input_shape, count, seed)
+        photos = {"other-resize": BUILTIN_PHOTOS, "camera": BUILTIN_PHOTOS,
+                  "other-photos": OTHER_PHOTOS}
+        return (given, *(_shifted(spec, shift, [sample_image(n) for n in names], input_shape,
+                                  count, seed) for shift, names in photos.items()))
+    given = load_dataset(spec, input_shape, count, CALIBRATION_SEED)
+    if not Path(spec).is_dir():
+        return (given,)
+    images = _read_images(Path(spec), count)
+    return (given, *(_shifted(spec, shift, images, input_shape, count, seed)
+                     for shift in ("other-resize", "camera")))
+
+
+def _shifted(spec: str, shift: str, photos: list[np.ndarray], input_shape: tuple[int, ...],
+             count: int, seed: int) -> Dataset:
+    channels, height, width = _image_shape(input_shape, "Shifted evaluation data")
+    rng = np.random.default_rng(10 * seed + SHIFTS[shift])
+    inputs = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        if spec == "builtin" or count > len(photos):  # a folder's images are used whole once
+            photo = _crop(photo, rng)
+        if shift == "camera":
+            photo = _camera(photo, rng)
+        inputs.append(_to_input_skimage(photo, channels, height, width))
+    inputs = np.ascontiguousarray(np.stack(inputs), dtype="float32")
+    return Dataset(f"{spec} ({shift})", inputs, None, _digest(inputs, None))
+
+
+def _crop(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop of 30-100% of the shorter side, 3:4 to 4:3, sometimes mirrored."""
+    side = min(photo.shape[:2]) * rng.uniform(0.3, 1.0)
+    aspect = rng.uniform(0.75, 1.0 / 0.75)
+    rows = max(8, min(photo.shape[0], int(side * aspect ** 0.5)))
+    cols = max(8, min(photo.shape[1], int(side / aspect ** 0.5)))
+    top = int(rng.integers(0, photo.shape[0] - rows + 1))
+    left = int(rng.integers(0, photo.shape[1] - cols + 1))
+    crop = photo[top:top + rows, left:left + cols]
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def _camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise, then a JPEG round trip at a random quality."""
+    import io
+
+    from PIL import Image
+
+    noisy = image.astype("float32") / 255 + rng.normal(0, CAMERA_NOISE, image.shape)
+    pixels = np.clip(np.round(noisy * 255), 0, 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(
+        buffer, "JPEG", quality=int(rng.integers(*JPEG_QUALITY, endpoint=True)))
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def _to_input_skimage(image: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
+    import skimage.transform
+
+    resized = skimage.transform.resize(image, (height, width), order=1, anti_aliasing=True)
+    x = ((resized.astype("float32") - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return x.mean(axis=0, keepdims=True) if channels == 1 else x
 
 
 def _digest(inputs: np.ndarray, labels: np.ndarray | None) -> str:
@@ -99,9 +184,15 @@ def _to_input(image: np.ndarray, channels: int, height: int, width: int) -> np.n
 
 
 def _image_folder(folder: Path, input_shape: tuple[int, ...], count: int) -> np.ndarray:
+    channels, height, width = _image_shape(input_shape, f"Image folder {folder}")
+    return np.stack([_to_input(image, channels, height, width)
+                     for image in _read_images(folder, count)])
+
+
+def _read_images(folder: Path, count: int) -> list[np.ndarray]:
+    """The first `count` images of `folder`, as RGB uint8 (H, W, 3)."""
     import skimage.io
 
-    channels, height, width = _image_shape(input_shape, f"Image folder {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UserError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
@@ -113,8 +204,8 @@ def _image_folder(folder: Path, input_shape: tuple[int, ...], count: int) -> np.
             raise UserError(f"Cannot read image {path}: {err}. Remove or replace it.") from None
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
-        images.append(_to_input(image[..., :3], channels, height, width))
-    return np.stack(images)
+        images.append(np.asarray(image[..., :3], dtype="uint8"))
+    return images
 
 
 def _numpy_file(path: Path, input_shape: tuple[int, ...], count: int

@@ -1,10 +1,11 @@
 """The quantize stage: fp32 as imported, int8 calibrated on sample data, or fp16; and the
 quantized model's accuracy against the fp32 one, gated before any tuning time is spent.
 
-When int8 loses more than allowed on the evaluation data, the accuracy fallback keeps layers in
-float, a few more at a time, up to `fallback_limit` layers. The figures are then measured on
-the data that chose the fallback: benchmarks measure on other inputs
-(bench/int8_efficientnet_lite0.py does)."""
+Accuracy is measured on every evaluation set (the data as given and its shifted copies:
+pipeline.quantization.datasets.evaluation_sets) and judged by the worst of them. When int8
+loses more than allowed there, the accuracy fallback keeps layers in float, a few more at a
+time, up to `fallback_limit` layers. The figures are then measured on the data that chose the
+fallback: benchmarks measure on other inputs (bench/int8_efficientnet_lite0.py does)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ from pipeline.compile.host import compile_for_host
 from pipeline.frontend.importer import ImportedModel
 from pipeline.frontend.models import LoadedModel
 from pipeline.quantization.calibration import calibrate
-from pipeline.quantization.datasets import CALIBRATION_SEED, EVALUATION_SEED, Dataset, load_dataset
+from pipeline.quantization.datasets import (
+    CALIBRATION_SEED,
+    Dataset,
+    evaluation_sets,
+    load_dataset,
+)
 from pipeline.quantization.observers import observer_for
 from pipeline.quantization.plan import Int8Plan, LayerId, Method
 from pipeline.quantization.policy import Int8Policy, policy_for
@@ -41,7 +47,7 @@ class QuantizeOptions:
     calibration: str = "builtin"
     calibration_count: int = 256
     eval_data: str | None = None  # None: the calibration source (builtin: other crops)
-    eval_count: int = 200
+    eval_count: int = 200  # per evaluation set
     keep_float: frozenset[str] = field(default_factory=frozenset)
     fallback_limit: int = 8  # layers the accuracy fallback may keep in float (0: none)
     max_drop_points: float = 1.0
@@ -63,11 +69,12 @@ class Quantized:
     mod: object  # the Relax module to lower, tune and build
     variant: Variant
     quantization: Quantization | None  # None for fp32
-    accuracy: Accuracy | None
+    accuracy: Accuracy | None  # the worst evaluation set's
     # The quantized model compiled for this machine: the reference that board runs of the
     # artifact are checked against (the framework computes no int8). None for fp32.
     reference: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
     plan: Int8Plan | None = None  # int8: the calibration, bundled with the artifact
+    evaluations: tuple[Accuracy, ...] = ()  # every evaluation set's
 
 
 def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
@@ -76,32 +83,49 @@ def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
     if variant is Variant.FP32:
         return Quantized(imported.mod, variant, None, None)
     _require_capability(device, variant)
-    evaluation = _evaluation_data(model, options)
-    reference = np.concatenate([model.reference_output(x[None]) for x in evaluation.inputs])
+    evaluation = _Evaluation.load(model, options)
     if variant is Variant.FP16:
         mod, info, plan = apply_fp16(imported.mod), Quantization("fp16", 0), None
-        report, run = _measure(mod, evaluation, reference, options)
+        reports, run = evaluation.measure(mod, options)
     else:
-        mod, info, plan, report, run = _int8(imported, model, options, evaluation, reference,
-                                             policy_for(device.tvm_target()))
-    accuracy.require(report, variant)
-    if not accuracy.within(report):
+        mod, info, plan, reports, run = _int8(imported, model, options, evaluation,
+                                              policy_for(device.tvm_target()))
+    worst = accuracy.worst(reports)
+    accuracy.require(worst, variant)
+    if not accuracy.within(worst):
         log.warning(f"packaging with --force although the drop exceeds "
               f"{options.max_drop_points:g} points")
-    return Quantized(mod, options.variant, info, report, run, plan)
+    return Quantized(mod, options.variant, info, worst, run, plan, reports)
 
 
-def _measure(mod, evaluation: Dataset, reference: np.ndarray, options: QuantizeOptions):
-    """The quantized model, compiled for this machine, against fp32 on the evaluation data."""
-    log.info(f"measuring {options.variant} against fp32 on {len(evaluation)} inputs from "
-          f"{evaluation.spec}")
-    run = _host_runner(mod)
-    outputs = np.concatenate([run(x[None]) for x in evaluation.inputs])
-    report = accuracy.compare(reference, outputs, evaluation.labels, _info(evaluation),
-                              options.max_drop_points, forced=options.force)
-    log.info(f"  {accuracy.describe(report)}: {report.drop_points:.2f} points lost (allowed: "
-          f"{report.max_drop_points:g})")
-    return report, run
+@dataclass(frozen=True)
+class _Evaluation:
+    """The evaluation sets and the fp32 model's outputs on them."""
+
+    sets: tuple[Dataset, ...]
+    references: tuple[np.ndarray, ...]
+
+    @classmethod
+    def load(cls, model: LoadedModel, options: QuantizeOptions) -> _Evaluation:
+        sets = evaluation_sets(options.eval_data or options.calibration, model.input_shape,
+                               options.eval_count)
+        return cls(sets, tuple(np.concatenate([model.reference_output(x[None])
+                                               for x in data.inputs]) for data in sets))
+
+    def measure(self, mod, options: QuantizeOptions):
+        """The quantized model, compiled for this machine, against fp32 on every set."""
+        log.info(f"measuring {options.variant} against fp32 on {len(self.sets)} x "
+                 f"{len(self.sets[0])} inputs ({', '.join(d.spec for d in self.sets)})")
+        run = _host_runner(mod)
+        reports = []
+        for data, reference in zip(self.sets, self.references, strict=True):
+            outputs = np.concatenate([run(x[None]) for x in data.inputs])
+            report = accuracy.compare(reference, outputs, data.labels, _info(data),
+                                      options.max_drop_points, forced=options.force)
+            log.info(f"  {accuracy.describe(report)}: {report.drop_points:.2f} points lost "
+                     f"(allowed: {report.max_drop_points:g})")
+            reports.append(report)
+        return tuple(reports), run
 
 
 def requantize(mod, info: Quantization, plan: Int8Plan | None, target: dict):
@@ -141,10 +165,10 @@ def apply_fp16(mod):
 
 
 def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
-          evaluation: Dataset, reference: np.ndarray, policy: Int8Policy):
-    """Calibrate, rewrite, measure; while the drop is over the threshold, keep more layers in
-    float (the accuracy fallback: 1, 2, 4, ... up to `fallback_limit`, input layers first, then
-    the noisiest)."""
+          evaluation: _Evaluation, policy: Int8Policy):
+    """Calibrate, rewrite, measure; while the worst set's drop is over the threshold, keep more
+    layers in float (the accuracy fallback: 1, 2, 4, ... up to `fallback_limit`, input layers
+    first, then the noisiest)."""
     calibration = load_dataset(options.calibration, model.input_shape, options.calibration_count,
                                CALIBRATION_SEED)
     log.info(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
@@ -157,8 +181,8 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
     fallback: list[str] = []
     while True:
         mod = apply_int8(imported.mod, plan, policy, keep | frozenset(fallback))
-        report, run = _measure(mod, evaluation, reference, options)
-        if accuracy.within(report) or len(fallback) >= limit:
+        reports, run = evaluation.measure(mod, options)
+        if accuracy.within(accuracy.worst(reports)) or len(fallback) >= limit:
             break
         fallback = ranked[:min(2 * len(fallback) or 1, limit)]
         log.info(f"  accuracy fallback: keeping {', '.join(fallback)} in float")
@@ -167,13 +191,7 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
                         options.method,
                         options.percentile if options.method == "percentile" else None,
                         _info(calibration))
-    return mod, info, plan, report, run
-
-
-def _evaluation_data(model: LoadedModel, options: QuantizeOptions) -> Dataset:
-    spec = options.eval_data or options.calibration
-    seed = EVALUATION_SEED if spec == "builtin" else CALIBRATION_SEED
-    return load_dataset(spec, model.input_shape, options.eval_count, seed)
+    return mod, info, plan, reports, run
 
 
 def _info(data: Dataset) -> DataInfo:
