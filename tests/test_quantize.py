@@ -176,9 +176,39 @@ def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, hos
     options = QuantizeOptions(variant=Variant.INT8, method="entropy", fallback_limit=5,
                               **{**FAST, "max_drop_points": 1.0})
     quantized = quantize(tiny_imported, tiny_model, host_device, options)
-    assert quantized.quantization.fallback_layers
-    assert set(quantized.quantization.fallback_layers) <= set(quantized.quantization.float_layers)
+    info = quantized.quantization
+    assert info.fallback_layers
+    assert set(info.fallback_layers) <= set(info.float_layers)
     assert quantized.accuracy.drop_points <= 1.0
+    # The most sensitive layers (lowest SQNR with only them in int8) went to float first.
+    assert sorted(info.sensitivity) == [f"conv2d_{i}" for i in range(4)] + ["matmul_0"]
+    by_sensitivity = sorted(info.sensitivity, key=info.sensitivity.get)
+    assert list(info.fallback_layers) == by_sensitivity[:len(info.fallback_layers)]
+
+
+def test_the_simulation_computes_what_the_int8_module_computes(tiny_model, tiny_imported):
+    from pipeline.compile.host import compile_for_host
+    from pipeline.quantization.sensitivity import Simulation, sqnr_db
+
+    data = load_dataset("builtin", tiny_model.input_shape, 14, 0).inputs
+    plan = calibrate(tiny_imported.mod, data[:8], observer_for("mse"))
+    held_out = [data[8:11], data[11:]]
+    references = [np.concatenate([tiny_model.reference_output(x[None]) for x in group])
+                  for group in held_out]
+    simulation = Simulation(tiny_imported.mod, plan, held_out, references)
+    policy = policy_for(load_device("host").tvm_target())
+    names = set(simulation.names)
+
+    def int8_module(int8_layers: set[str]) -> float:
+        run = compile_for_host(apply_int8(tiny_imported.mod, plan, policy,
+                                          frozenset(names - int8_layers)))
+        return min(sqnr_db(reference, np.concatenate([run(x[None])[0] for x in group]))
+                   for group, reference in zip(held_out, references, strict=True))
+
+    for chosen in ({"conv2d_1"}, names):
+        assert simulation.worst_sqnr(chosen) == pytest.approx(int8_module(chosen), abs=0.05)
+    assert simulation.worst_sqnr(names) < simulation.worst_sqnr({"conv2d_1"}) < 80
+    assert simulation.worst_sqnr(set()) > 100  # all float: the framework's outputs
 
 
 def test_fp16_is_refused_where_the_cpu_has_none(tiny_model, tiny_imported):

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,7 +21,8 @@ from pipeline.base.variant import ArtifactKey, Variant
 SCHEMA = "edge-tvm-pipeline/artifact"
 
 
-# 2: quantization and accuracy sections; 3: tuning.kernels; 4: accuracy on every evaluation set
+# 2: quantization and accuracy sections; 3: tuning.kernels; 4: accuracy on every evaluation set,
+# per-layer sensitivity
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)  # older ones read with what they lack left empty
 
@@ -110,6 +111,9 @@ class Quantization:
     method: str | None = None  # minmax | percentile | entropy | mse (int8)
     percentile: float | None = None
     calibration: DataInfo | None = None
+    # int8: layer -> SQNR (dB) of the outputs with only that layer in int8, on a few inputs of
+    # every evaluation set (the worst); the fallback keeps the lowest in float first.
+    sensitivity: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -113,14 +113,7 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange,
     is_conv = op_name(call) == "relax.nn.conv2d"
     w_scale, w_int8 = quantize_weight(w, channel_axis(call), offsets)
     levels, dtype = (255, "uint8") if layer.unsigned else (127, "int8")
-    if tensor_range.channel_thresholds is not None:
-        x_scale = np.array(tensor_range.channel_thresholds, "float32") / levels
-        inverse = relax.const((1.0 / x_scale).reshape(1, -1, 1, 1).astype("float32"))
-    else:
-        x_scale = (tensor_range.threshold if tensor_range.threshold > 0 else 1.0) / levels
-        # Not a 0-d constant: those are inlined into the TIR kernels, which would make every
-        # kernel's tuning record depend on the calibration. As a tensor it stays an argument.
-        inverse = relax.const(np.full([1] * data.ty.ndim, 1.0 / x_scale, "float32"))
+    x_scale, inverse = _activation_scale(tensor_range, levels, data.ty.ndim)
     offset = policy.zero_point(layer.unsigned, is_pointwise(call))
     low = 0 if layer.unsigned else -levels
     q = _quantize(data, inverse, low, levels, "uint8" if offset else dtype, offset)
@@ -151,6 +144,85 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange,
     rescaled = relax.op.multiply(relax.op.astype(acc, "float32"),
                                  relax.const(scale.astype("float32")))
     return relax.op.add(rescaled, relax.const(shift.astype("float32")))
+
+
+def _activation_scale(tensor_range: TensorRange, levels: int, ndim: int):
+    """The input's scale (per channel, or one), and its inverse as a Relax constant."""
+    from tvm import relax
+
+    if tensor_range.channel_thresholds is not None:
+        x_scale = np.array(tensor_range.channel_thresholds, "float32") / levels
+        return x_scale, relax.const((1.0 / x_scale).reshape(1, -1, 1, 1).astype("float32"))
+    x_scale = (tensor_range.threshold if tensor_range.threshold > 0 else 1.0) / levels
+    # Not a 0-d constant: those are inlined into the TIR kernels, which would make every
+    # kernel's tuning record depend on the calibration. As a tensor it stays an argument.
+    return x_scale, relax.const(np.full([1] * ndim, 1.0 / x_scale, "float32"))
+
+
+def simulate_int8(mod, plan: Int8Plan):
+    """`mod` with a second input, `switches` (float32, one per planned layer, 0 or 1): where a
+    switch is 1 its layer computes what its int8 form computes (input rounded and clipped to
+    its 8-bit grid, int8 weights, the same bias correction) in float; where 0, in float as
+    imported. One compiled module then answers what any choice of int8 layers does to the
+    outputs, which is what per-layer sensitivity asks for every layer."""
+    import tvm
+    from tvm import relax
+
+    func = mod["main"]
+    layers, calls, _ = quantizable_layers(func)
+    switches = relax.Var("switches", relax.TensorType((len(layers),), "float32"))
+    chosen = [(call, layer, _offsets(plan, i, call), i)
+              for i, (call, layer) in enumerate(zip(calls, layers, strict=True))]
+
+    @relax.expr_functor.mutator
+    class Simulator(relax.PyExprMutator):
+        def visit_call_(self, call):
+            new = super().visit_call_(call)
+            for original, layer, offsets, index in chosen:
+                if original.same_as(call):
+                    switch = self.builder_.emit(
+                        relax.op.take(switches, relax.const(index, "int64"), axis=0, mode="clip"))
+                    return _simulated_call(new, layer, plan.ranges[layer.tensor], offsets,
+                                           switch)
+            return new
+
+    visited = Simulator(mod).visit_expr(func)
+    simulated = relax.Function([*visited.params, switches], visited.body,
+                               visited.ret_ty, attrs=visited.attrs)
+    return tvm.IRModule({"main": simulated})
+
+
+def _simulated_call(call, layer: Layer, tensor_range: TensorRange, offsets: np.ndarray | None,
+                    switch):
+    from tvm import relax
+
+    data, weight = call.args
+    w = weight.value.numpy()
+    w_scale, w_int8 = quantize_weight(w, channel_axis(call), offsets)
+    levels = 255 if layer.unsigned else 127
+    x_scale, inverse = _activation_scale(tensor_range, levels, data.ty.ndim)
+    grid = _quantize(data, inverse, 0 if layer.unsigned else -levels, levels, "float32")
+    x_scale = np.asarray(x_scale, "float32")
+    rounded = relax.op.multiply(grid, relax.const(
+        x_scale.reshape(1, -1, 1, 1) if x_scale.ndim else np.full([1] * data.ty.ndim, x_scale)))
+    data = relax.op.add(data, relax.op.multiply(switch, relax.op.subtract(rounded, data)))
+    error = w - w_int8.astype("float32") * w_scale
+    weight = relax.op.subtract(weight, relax.op.multiply(switch, relax.const(error)))
+    if op_name(call) == "relax.nn.conv2d":
+        attrs = call.attrs
+        out = relax.op.nn.conv2d(data, weight, strides=attrs.strides, padding=attrs.padding,
+                                 dilation=attrs.dilation, groups=attrs.groups,
+                                 data_layout=str(attrs.data_layout),
+                                 kernel_layout=str(attrs.kernel_layout),
+                                 out_layout=str(attrs.out_layout), out_dtype="float32")
+        shape = (1, -1, 1, 1)
+    else:
+        out = relax.op.matmul(data, weight, out_dtype="float32")
+        shape = (1, -1)
+    if not tensor_range.channel_mean:
+        return out
+    shift = _rounding_shift(error, np.array(tensor_range.channel_mean), call).reshape(shape)
+    return relax.op.add(out, relax.op.multiply(switch, relax.const(shift.astype("float32"))))
 
 
 def _rounding_shift(error: np.ndarray, mean: np.ndarray, call) -> np.ndarray:

@@ -34,7 +34,7 @@ from pipeline.quantization.observers import observer_for
 from pipeline.quantization.plan import Int8Plan, LayerId, Method
 from pipeline.quantization.policy import Int8Policy, policy_for
 from pipeline.quantization.rewrite import apply_int8
-from pipeline.quantization.weights import rank_by_noise
+from pipeline.quantization.sensitivity import INPUTS_PER_SET, Simulation, layer_sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,9 @@ def apply_fp16(mod):
 
 def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
           evaluation: _Evaluation, policy: Int8Policy):
-    """Calibrate, rewrite, measure; while the worst set's drop is over the threshold, keep more
-    layers in float (the accuracy fallback: 1, 2, 4, ... up to `fallback_limit`, input layers
-    first, then the noisiest)."""
+    """Calibrate, measure each layer's sensitivity, rewrite, measure; while the worst set's drop
+    is over the threshold, keep more layers in float (the accuracy fallback: 1, 2, 4, ... up
+    to `fallback_limit`, the most sensitive first)."""
     calibration = load_dataset(options.calibration, model.input_shape, options.calibration_count,
                                CALIBRATION_SEED)
     log.info(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
@@ -176,7 +176,12 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
     plan = calibrate(imported.mod, calibration.inputs,
                      observer_for(options.method, options.percentile))
     keep = frozenset(options.keep_float)
-    ranked = [name for name in rank_by_noise(imported.mod, plan) if name not in keep]
+    log.info(f"measuring the sensitivity of {len(plan.layers)} layers on "
+             f"{len(evaluation.sets)} x {INPUTS_PER_SET} inputs")
+    sensitivity = layer_sensitivity(Simulation(
+        imported.mod, plan, [data.inputs[:INPUTS_PER_SET] for data in evaluation.sets],
+        [reference[:INPUTS_PER_SET] for reference in evaluation.references]))
+    ranked = sorted((name for name in sensitivity if name not in keep), key=sensitivity.get)
     limit = min(options.fallback_limit, len(ranked))
     fallback: list[str] = []
     while True:
@@ -190,7 +195,7 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
     info = Quantization("int8", len(plan.layers) - len(floats), floats, tuple(fallback),
                         options.method,
                         options.percentile if options.method == "percentile" else None,
-                        _info(calibration))
+                        _info(calibration), sensitivity)
     return mod, info, plan, reports, run
 
 

@@ -1,20 +1,13 @@
 """int8 weights: per-channel symmetric scales, rounding (nearest, sum-preserving, or
-recorded offsets from pipeline.quantization.rounding), and their noise."""
+recorded offsets from pipeline.quantization.rounding)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 import pipeline.quantization.rounding as rounding
-from pipeline.quantization.graph import channel_axis, quantizable_layers
-from pipeline.quantization.plan import Int8Plan
+from pipeline.quantization.graph import channel_axis
 from pipeline.quantization.rounding import Geometry
-
-
-def weight_noise(weight: np.ndarray, per_channel_axis: int) -> float:
-    scale, quantized = quantize_weight(weight, per_channel_axis)
-    error = weight - quantized.astype("float32") * scale
-    return float(np.sum(error.astype("float64") ** 2) / max(np.sum(weight ** 2), 1e-30))
 
 
 def quantize_weight(weight: np.ndarray, axis: int, offsets: np.ndarray | None = None
@@ -69,16 +62,3 @@ def _round_preserving_sums(exact: np.ndarray, rounded: np.ndarray) -> np.ndarray
     down = (residual.shape[1] - 1 - rank) < -deficit  # the most negative ones round down
     return rounded + up - down
 
-
-def rank_by_noise(mod, plan: Int8Plan) -> list[str]:
-    """Layer names in the order the accuracy fallback keeps them in float: first the layers
-    that read the model's input (their rounding of the raw input reaches every later layer),
-    then the noisiest: relative error power of the input's quantization plus the weights'."""
-    layers, calls, tensors = quantizable_layers(mod["main"])
-    params = list(mod["main"].params)
-    score = {layer.name: plan.ranges[layer.tensor].noise
-             + weight_noise(call.args[1].value.numpy(), channel_axis(call))
-             for layer, call in zip(layers, calls, strict=True)}
-    reads_input = {layer.name for layer in layers
-                   if any(tensors[layer.tensor].same_as(p) for p in params)}
-    return sorted(score, key=lambda name: (name not in reads_input, -score[name]))
