@@ -25,28 +25,16 @@ MSE_SAMPLES = 262144  # samples per tensor (or channel) the mse method searches 
 
 @dataclass(frozen=True)
 class Observer:
-    """Thresholds from samples of |x|: one per tensor, or one per channel (rows)."""
+    """A threshold from samples of a tensor's |x|."""
 
     method: Method
 
     def threshold(self, values: np.ndarray, absmax: float, levels: int) -> float:
         raise NotImplementedError
 
-    def channel_thresholds(self, columns: np.ndarray, maxima: np.ndarray,
-                           levels: int) -> np.ndarray:
-        raise NotImplementedError
-
     def tensor_range(self, values: np.ndarray, absmax: float, levels: int) -> TensorRange:
         threshold = absmax if absmax == 0.0 else self.threshold(values, absmax, levels)
         return TensorRange(absmax, threshold, relative_noise(values, threshold, levels))
-
-    def channel_range(self, columns: np.ndarray, levels: int) -> TensorRange:
-        maxima = columns.max(axis=1)
-        thresholds = self.channel_thresholds(columns, maxima, levels)
-        thresholds = np.where(thresholds > 0, thresholds, 1.0)
-        return TensorRange(float(maxima.max()), float(thresholds.max()),
-                           relative_noise(columns, thresholds[:, None], levels),
-                           tuple(float(t) for t in thresholds))
 
 
 @dataclass(frozen=True)
@@ -55,9 +43,6 @@ class MinMax(Observer):
 
     def threshold(self, values, absmax, levels):
         return absmax
-
-    def channel_thresholds(self, columns, maxima, levels):
-        return maxima
 
 
 @dataclass(frozen=True)
@@ -68,14 +53,9 @@ class Percentile(Observer):
     def threshold(self, values, absmax, levels):
         return float(min(absmax, np.percentile(values, self.percentile)))
 
-    def channel_thresholds(self, columns, maxima, levels):
-        return np.minimum(maxima, np.percentile(columns, self.percentile, axis=1))
-
 
 @dataclass(frozen=True)
-class Entropy(Percentile):
-    """Per channel, the histogram search would cost minutes: the percentile stands in."""
-
+class Entropy(Observer):
     method: Method = "entropy"
 
     def threshold(self, values, absmax, levels):
@@ -88,9 +68,6 @@ class Mse(Observer):
 
     def threshold(self, values, absmax, levels):
         return float(mse_thresholds(values[None], np.array([absmax]), levels)[0])
-
-    def channel_thresholds(self, columns, maxima, levels):
-        return mse_thresholds(columns, maxima, levels)
 
 
 OBSERVERS = {"minmax": MinMax, "percentile": Percentile, "entropy": Entropy, "mse": Mse}

@@ -48,9 +48,9 @@ class TensorRange:
     absmax: float  # the largest |value| seen
     threshold: float  # the clipping threshold the method chose (<= absmax)
     noise: float  # power of the quantization error relative to the signal's, on the samples
-    # Per channel (NCHW axis 1), for tensors only depthwise convolutions read: there each
-    # channel meets its own weights alone, so a scale per channel costs nothing and spares the
-    # channels of small range from a scale set by the largest.
+    # Per channel (NCHW axis 1), for tensors only depthwise convolutions read, whose kernels
+    # take a scale per channel. Calibration gives every channel the tensor's maximum
+    # (calibration._unclipped says why); older records hold ranges fitted per channel.
     channel_thresholds: tuple[float, ...] | None = None
     # Mean of each channel (NCHW axis 1; the last axis of matmul inputs): the expected input
     # that bias correction multiplies with the weights' rounding error.
