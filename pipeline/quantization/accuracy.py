@@ -59,12 +59,14 @@ def within(report: Accuracy) -> bool:
     return report.drop_points <= report.max_drop_points
 
 
-def require(report: Accuracy, variant: str) -> None:
+def require(report: Accuracy, variant: str, most_sensitive: tuple[str, ...] = ()) -> None:
     """Refuse an artifact that lost more than the threshold, unless forced."""
     if within(report) or report.forced:
         return
+    layers = f" (most sensitive first: {','.join(most_sensitive)})" if most_sensitive else ""
     raise UserError(
         f"the {variant} model loses {report.drop_points:.2f} points against fp32 (allowed: "
         f"{report.max_drop_points:g}): {describe(report)}. Not packaged. Try another "
         f"--calibration-method or more --calibration data, keep sensitive layers in float "
-        f"with --keep-float, raise --max-accuracy-drop, or package anyway with --force.")
+        f"with --keep-float{layers}, raise --max-accuracy-drop, or package anyway with "
+        f"--force.")

@@ -91,7 +91,8 @@ def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
         mod, info, plan, reports, run = _int8(imported, model, options, evaluation,
                                               policy_for(device.tvm_target()))
     worst = accuracy.worst(reports)
-    accuracy.require(worst, variant)
+    sensitivity = info.sensitivity if info else {}
+    accuracy.require(worst, variant, tuple(sorted(sensitivity, key=sensitivity.get)[:12]))
     if not accuracy.within(worst):
         log.warning(f"packaging with --force although the drop exceeds "
               f"{options.max_drop_points:g} points")
