@@ -15,7 +15,7 @@ they have and deploy on a camera's, so the figure that counts is the worst of th
                      bilinear one, crops of 30-100% of the side with a squashed aspect ratio
   camera             sensor noise and a JPEG round trip before that resize
   other-photos       (builtin only) photos calibration never saw: a street scene, textures,
-                     a document, the moon
+                     a document, the moon, a colour wheel
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _shifted(spec: str, shift: str, photos: list[np.ndarray], input_shape: tuple
     inputs = []
     for i in range(count):
         photo = photos[i % len(photos)]
-        if spec == "builtin" or count > len(photos):  # a folder's images are used whole once
+        if spec == "builtin" or count > len(photos):  # enough images: each used whole
             photo = _crop(photo, rng)
         if shift == "camera":
             photo = _camera(photo, rng)

@@ -115,8 +115,8 @@ class _Evaluation:
 
     def measure(self, mod, options: QuantizeOptions):
         """The quantized model, compiled for this machine, against fp32 on every set."""
-        log.info(f"measuring {options.variant} against fp32 on {len(self.sets)} x "
-                 f"{len(self.sets[0])} inputs ({', '.join(d.spec for d in self.sets)})")
+        log.info(f"measuring {options.variant} against fp32 on {len(self.sets)} sets of inputs "
+                 f"({', '.join(f'{d.spec}: {len(d)}' for d in self.sets)})")
         run = _host_runner(mod)
         reports = []
         for data, reference in zip(self.sets, self.references, strict=True):
