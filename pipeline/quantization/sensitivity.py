@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.base.devices import detect_host_target
+from pipeline.compile.lowering import lower
 from pipeline.quantization.plan import Int8Plan
+from pipeline.quantization.rewrite import simulate_int8
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,6 @@ class Simulation:
                  references: Sequence[np.ndarray]):
         import tvm
         from tvm import relax
-
-        from pipeline.base.devices import detect_host_target
-        from pipeline.compile.lowering import lower
-        from pipeline.quantization.rewrite import simulate_int8
 
         target = tvm.target.Target(detect_host_target())
         self._vm = relax.VirtualMachine(
