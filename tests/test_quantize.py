@@ -189,7 +189,8 @@ def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, hos
 
 def test_the_simulation_computes_what_the_int8_module_computes(tiny_model, tiny_imported):
     from pipeline.compile.host import compile_for_host
-    from pipeline.quantization.sensitivity import Simulation, sqnr_db
+    from pipeline.quantization.accuracy import sqnr_db
+    from pipeline.quantization.sensitivity import Simulation
 
     data = load_dataset("builtin", tiny_model.input_shape, 14, 0).inputs
     plan = calibrate(tiny_imported.mod, data[:8], observer_for("mse"))

@@ -25,9 +25,7 @@ def compare(reference: np.ndarray, quantized: np.ndarray, labels: np.ndarray | N
         ref5 = np.argsort(-reference, axis=1)[:, :5]
         q5 = np.argsort(-quantized, axis=1)[:, :5]
         top5 = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ref5, q5, strict=True)]))
-    noise = float(np.sum((reference - quantized) ** 2))
-    sqnr = float("inf") if noise == 0 else 10 * float(
-        np.log10(float(np.sum(reference ** 2)) / noise))
+    sqnr = sqnr_db(reference, quantized)
     accuracy = reference_accuracy = None
     if labels is not None:
         accuracy = float(np.mean(top1_q == labels))
@@ -37,6 +35,13 @@ def compare(reference: np.ndarray, quantized: np.ndarray, labels: np.ndarray | N
         drop = 100 * (1 - agreement)
     return Accuracy(eval_data, agreement, top5, round(sqnr, 3), accuracy, reference_accuracy,
                     round(drop, 3), max_drop_points, forced)
+
+
+def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
+    """Power of `reference` over the power of its difference from `output`, in dB."""
+    noise = float(np.sum((reference.astype("float64") - output) ** 2))
+    signal = float(np.sum(reference.astype("float64") ** 2))
+    return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
 
 
 def describe(report: Accuracy) -> str:

@@ -117,18 +117,8 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange,
     offset = policy.zero_point(layer.unsigned, is_pointwise(call))
     low = 0 if layer.unsigned else -levels
     q = _quantize(data, inverse, low, levels, "uint8" if offset else dtype, offset)
-    if is_conv:
-        attrs = call.attrs
-        acc = relax.op.nn.conv2d(q, relax.const(w_int8), strides=attrs.strides,
-                                 padding=attrs.padding, dilation=attrs.dilation,
-                                 groups=attrs.groups, data_layout=str(attrs.data_layout),
-                                 kernel_layout=str(attrs.kernel_layout),
-                                 out_layout=str(attrs.out_layout), out_dtype="int32")
-        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
-    else:
-        acc = relax.op.matmul(q, relax.const(w_int8), out_dtype="int32")
-        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
-    acc = builder.emit(acc)
+    acc = builder.emit(_same_op(call, q, relax.const(w_int8), "int32"))
+    scale = (w_scale.reshape(-1) * x_scale).reshape((1, -1, 1, 1) if is_conv else (1, -1))
     # One scale and one shift per output channel, whatever the corrections: the constants
     # are a tenth of the library once the weights are int8.
     shift = np.zeros(scale.shape, "float64")
@@ -208,21 +198,26 @@ def _simulated_call(call, layer: Layer, tensor_range: TensorRange, offsets: np.n
     data = relax.op.add(data, relax.op.multiply(switch, relax.op.subtract(rounded, data)))
     error = w - w_int8.astype("float32") * w_scale
     weight = relax.op.subtract(weight, relax.op.multiply(switch, relax.const(error)))
-    if op_name(call) == "relax.nn.conv2d":
-        attrs = call.attrs
-        out = relax.op.nn.conv2d(data, weight, strides=attrs.strides, padding=attrs.padding,
-                                 dilation=attrs.dilation, groups=attrs.groups,
-                                 data_layout=str(attrs.data_layout),
-                                 kernel_layout=str(attrs.kernel_layout),
-                                 out_layout=str(attrs.out_layout), out_dtype="float32")
-        shape = (1, -1, 1, 1)
-    else:
-        out = relax.op.matmul(data, weight, out_dtype="float32")
-        shape = (1, -1)
+    out = _same_op(call, data, weight, "float32")
+    shape = (1, -1, 1, 1) if op_name(call) == "relax.nn.conv2d" else (1, -1)
     if not tensor_range.channel_mean:
         return out
     shift = _rounding_shift(error, np.array(tensor_range.channel_mean), call).reshape(shape)
     return relax.op.add(out, relax.op.multiply(switch, relax.const(shift.astype("float32"))))
+
+
+def _same_op(call, data, weight, out_dtype: str):
+    """`call`'s convolution or matmul, with its attributes, on other operands."""
+    from tvm import relax
+
+    if op_name(call) != "relax.nn.conv2d":
+        return relax.op.matmul(data, weight, out_dtype=out_dtype)
+    attrs = call.attrs
+    return relax.op.nn.conv2d(data, weight, strides=attrs.strides, padding=attrs.padding,
+                              dilation=attrs.dilation, groups=attrs.groups,
+                              data_layout=str(attrs.data_layout),
+                              kernel_layout=str(attrs.kernel_layout),
+                              out_layout=str(attrs.out_layout), out_dtype=out_dtype)
 
 
 def _rounding_shift(error: np.ndarray, mean: np.ndarray, call) -> np.ndarray:

@@ -16,18 +16,13 @@ import numpy as np
 
 from pipeline.base.devices import detect_host_target
 from pipeline.compile.lowering import lower
+from pipeline.quantization.accuracy import sqnr_db
 from pipeline.quantization.plan import Int8Plan
 from pipeline.quantization.rewrite import simulate_int8
 
 log = logging.getLogger(__name__)
 
 INPUTS_PER_SET = 2  # one layer's noise is a property of the layer, stable across inputs
-
-
-def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype("float64") - output) ** 2))
-    signal = float(np.sum(reference.astype("float64") ** 2))
-    return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
 
 
 class Simulation:
