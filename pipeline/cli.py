@@ -22,7 +22,7 @@ from pipeline.farm.tracker import TrackerAddress, parse_address
 from pipeline.frontend.models import ZOO_NAMES, load_model, parse_shape
 from pipeline.job.build_job import JobSpec, run_job
 from pipeline.quantization.observers import METHODS
-from pipeline.quantization.stage import QuantizeOptions
+from pipeline.quantization.stage import DEFAULT_MAX_DROP_POINTS, QuantizeOptions
 
 EXIT_INTERRUPTED = 130
 
@@ -183,22 +183,27 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
                             "accuracy points")
     group.add_argument("--eval-count", type=int, default=200, metavar="N",
                        help="accuracy inputs per evaluation set (default: 200)")
-    group.add_argument("--keep-float", default="", metavar="LAYER,...",
+    group.add_argument("--keep-float", metavar="LAYER,...",
                        help="layers to leave in float, e.g. conv2d_0,matmul_0 (names are "
-                            "printed by the accuracy fallback and stored in the manifest)")
+                            "printed by the accuracy fallback and stored in the manifest); "
+                            "'' for none (default: the layers the int8 tuning logs were tuned "
+                            "with, recorded in their quantization.json, else none)")
     group.add_argument("--fallback-limit", type=int, default=8, metavar="N",
                        help="most layers the accuracy fallback may keep in float (default: 8; "
                             "0 turns it off)")
-    group.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+    group.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                        help="refuse to package when accuracy drops by more (labels), or when "
-                            "more than POINTS%% of top-1 classes change (default: 1.0)")
+                            "more than POINTS%% of top-1 classes change (default: the gate the "
+                            "int8 tuning logs' quantization.json passed, else "
+                            f"{DEFAULT_MAX_DROP_POINTS:g})")
     group.add_argument("--force", action="store_true",
                        help="package even when the drop exceeds --max-accuracy-drop (recorded "
                             "in the manifest)")
 
 
 def quantize_options(args: argparse.Namespace) -> QuantizeOptions:
-    keep = frozenset(name.strip() for name in args.keep_float.split(",") if name.strip())
+    keep = (None if args.keep_float is None else
+            frozenset(name.strip() for name in args.keep_float.split(",") if name.strip()))
     return QuantizeOptions(
         variant=Variant.from_quantize(args.quantize), method=args.calibration_method,
         percentile=args.percentile, calibration=args.calibration,

@@ -1,6 +1,8 @@
 """int8 and fp16: calibration, the int8 rewrite, what the compiled module computes in, the
 accuracy gate, and a digits CNN trained here whose int8 artifact must stay within a point."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -185,6 +187,27 @@ def test_the_fallback_keeps_noisy_layers_in_float(tiny_model, tiny_imported, hos
     assert sorted(info.sensitivity) == [f"conv2d_{i}" for i in range(4)] + ["matmul_0"]
     by_sensitivity = sorted(info.sensitivity, key=info.sensitivity.get)
     assert list(info.fallback_layers) == by_sensitivity[:len(info.fallback_layers)]
+
+
+def test_host_module_runs_inputs_side_by_side_in_order(tiny_model, tiny_imported):
+    """Calibration and the accuracy runs go through `map`: a virtual machine per thread, results
+    in input order, the same as one at a time, and as many calibration plans as runs."""
+    from pipeline.compile.host import compile_for_host
+
+    module = compile_for_host(tiny_imported.mod)
+    inputs = [tiny_model.sample_input(seed=s) for s in range(9)]
+    one_by_one = [module(x)[0] for x in inputs]
+    threads = set()
+    side_by_side = list(module.map(inputs, then=lambda i, out: (
+        i, out[0], threads.add(threading.get_ident()))))
+    assert [i for i, _, _ in side_by_side] == list(range(9))
+    for (_, got, _), expected in zip(side_by_side, one_by_one, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert 1 <= len(threads) <= module.workers
+    data = load_dataset("builtin", tiny_model.input_shape, 8, 0).inputs
+    first, second = (calibrate(tiny_imported.mod, data, observer_for("mse", 99.99))
+                     for _ in range(2))
+    assert first == second
 
 
 def test_the_simulation_computes_what_the_int8_module_computes(tiny_model, tiny_imported):

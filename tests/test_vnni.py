@@ -16,6 +16,7 @@ from pipeline.job.build_job import JobSpec, run_job
 from pipeline.quantization.plan import Int8Plan, Layer, TensorRange
 from pipeline.quantization.policy import VNNI as VNNI_POLICY
 from pipeline.quantization.rewrite import apply_int8
+from pipeline.artifact.tuning_logs import LoggedQuantization, logged_quantization
 from pipeline.quantization.stage import QuantizeOptions
 from pipeline.quantization.weights import quantize_weight
 
@@ -139,15 +140,30 @@ def test_depthwise_int8_sum_in_float32_lanes_is_exact():
 @pytest.mark.slow
 def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, host_device,
                                                         host_farm):
-    """A short tuning run: its int8 kernels tensorize with our intrinsic, build, and verify."""
+    """A short tuning run: its int8 kernels tensorize with our intrinsic, build, and verify;
+    the logs say which layers they were tuned with in float, and a build from them that names
+    none uses those."""
     options = QuantizeOptions(variant=Variant.INT8, calibration_count=8, eval_count=16,
-                              max_drop_points=20.0)
+                              max_drop_points=20.0, keep_float=frozenset({"conv2d_0"}))
     result = run_job(JobSpec(host_device, tiny_model, 40, host_farm, tmp_path / "artifact",
                      tmp_path / "logs", options=options))
     assert result.manifest.verification.top1_matches_framework
     disassembly = subprocess.run(["objdump", "-d", str(result.artifact / "lib.so")],
                                  capture_output=True, text=True, check=True).stdout
     assert "vpdpbusd" in disassembly
+    logs = next((tmp_path / "logs").glob("*/tiny-cnn-int8"))
+    assert logged_quantization(logs) == LoggedQuantization(("conv2d_0",), 20.0)
+    assert "tuning_logs/quantization.json" in result.manifest.files
+
+    rebuilt = run_job(JobSpec(host_device, tiny_model, 0, None, tmp_path / "again",
+                              tmp_path / "logs", verify=False, options=QuantizeOptions(
+                                  variant=Variant.INT8, calibration_count=8, eval_count=16)))
+    manifest = rebuilt.manifest
+    assert manifest.quantization.float_layers == ("conv2d_0",)
+    assert manifest.accuracy.max_drop_points == 20.0
+    # the same kernels as the tuned build: those the logs hold records of are found again
+    assert manifest.tuning.kernels == result.manifest.tuning.kernels
+    assert manifest.tuning.tuned_kernels > 0
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.artifact.log_repair import RECORDS, WORKLOADS, RepairReport, repair
@@ -25,7 +26,11 @@ from pipeline.base.variant import ArtifactKey
 # Kernels whose records transfer tuning borrowed from other logs (pipeline.compile.transfer)
 # and no search has improved on since: task name -> where they came from.
 TRANSFERRED = "transferred.json"
-LOG_FILES = (WORKLOADS, RECORDS, TRANSFERRED)
+# What a quantized model's logs were tuned for: the layers kept in float decide which kernels
+# exist, so a build with other float layers would find no records for some of them.
+QUANTIZATION = "quantization.json"
+LOG_FILES = (WORKLOADS, RECORDS, TRANSFERRED, QUANTIZATION)
+_OPTIONAL = {TRANSFERRED, QUANTIZATION}
 LOCK_NAME = ".lock"
 
 
@@ -148,7 +153,7 @@ def snapshot(folder: Path, dest: Path) -> RepairReport:
     dest.mkdir(parents=True, exist_ok=True)
     for name in LOG_FILES:
         source = folder / name
-        if source.exists() or name != TRANSFERRED:
+        if source.exists() or name not in _OPTIONAL:
             (dest / name).write_bytes(source.read_bytes() if source.exists() else b"")
     return repair(dest)
 
@@ -172,6 +177,39 @@ def forget_transferred(folder: Path, tasks: set[str]) -> None:
 
 def _write_transferred(folder: Path, kernels: dict[str, dict]) -> None:
     atomic_write(folder / TRANSFERRED, json.dumps(kernels, indent=1, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class LoggedQuantization:
+    """The int8 configuration a folder's records were tuned with, and the accuracy gate it
+    passed: what a build with these logs uses unless told otherwise."""
+
+    float_layers: tuple[str, ...]
+    max_drop_points: float
+
+
+def logged_quantization(folder: Path) -> LoggedQuantization | None:
+    path = folder / QUANTIZATION
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        found = LoggedQuantization(tuple(str(n) for n in data["float_layers"]),
+                                   float(data["max_drop_points"]))
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(f"{path} is not a quantization record ({err!r}): it should hold "
+                        f'{{"float_layers": [...], "max_drop_points": N}}. Restore it from '
+                        f"version control, or delete it and pass --keep-float and "
+                        f"--max-accuracy-drop yourself.") from None
+    if found.max_drop_points < 0:
+        raise UserError(f"{path}: max_drop_points {found.max_drop_points:g} must be >= 0.")
+    return found
+
+
+def record_quantization(folder: Path, quantization: LoggedQuantization) -> None:
+    atomic_write(folder / QUANTIZATION, json.dumps(
+        {"float_layers": list(quantization.float_layers),
+         "max_drop_points": quantization.max_drop_points}, indent=1) + "\n")
 
 
 def count_records(folder: Path) -> int:

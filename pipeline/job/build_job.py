@@ -28,18 +28,22 @@ from pipeline.artifact.manifest import (
 )
 from pipeline.artifact.store import check_destination, write_artifact
 from pipeline.artifact.tuning_logs import (
+    QUANTIZATION,
+    LoggedQuantization,
     buildable_device,
     count_records,
     exclusive,
     file_hashes,
     log_dir,
+    logged_quantization,
     logged_target,
+    record_quantization,
     snapshot,
 )
 from pipeline.base.devices import DeviceConfig, runs_target, x86_classes_fastest_first
 from pipeline.base.files import require_writable_folder, sha256_file
 from pipeline.base.paths import ARTIFACTS, TUNING_LOGS
-from pipeline.base.variant import ArtifactKey
+from pipeline.base.variant import ArtifactKey, Variant
 from pipeline.compile.build import BuiltLibrary, build_library
 from pipeline.compile.lowering import lower
 from pipeline.compile.transfer import transfer, transfer_sources
@@ -49,7 +53,7 @@ from pipeline.farm.tracker import TrackerAddress
 from pipeline.frontend.importer import ImportedModel, import_model
 from pipeline.frontend.models import LoadedModel
 from pipeline.job.provenance import toolchain_versions
-from pipeline.quantization.plan import plan_to_json
+from pipeline.quantization.plan import LayerId, plan_to_json
 from pipeline.quantization.stage import Quantized, QuantizeOptions, quantize
 from pipeline.verify.board import verify_on_board
 
@@ -94,9 +98,10 @@ def run_job(spec: JobSpec) -> JobResult | None:
     # Logs are only read when nothing is tuned: committed logs may sit in a read-only install.
     require_writable_folder(folder, "tuning log", writable=trials > 0)
     model = spec.model
+    options = _options_for(spec.options, folder)
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
     imported = import_model(model)
-    quantized = quantize(imported, model, device, spec.options)
+    quantized = quantize(imported, model, device, options)
     lowered = lower(quantized.mod, device.tvm_target())
     needs_boards = trials > 0 or spec.verify
     sources = (transfer_sources(device, folder, spec.log_root, also=_also_borrowed(device))
@@ -104,6 +109,7 @@ def run_job(spec: JobSpec) -> JobResult | None:
     with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
         if trials > 0:
             with exclusive(folder):  # into the logs: the search starts from them
+                _record_quantization(folder, quantized, options)
                 transfer(lowered, device, folder, sources, spec.log_root, address)
             if tune(lowered, device, folder, trials, address, seed=source.seed).interrupted:
                 return None
@@ -126,6 +132,38 @@ def run_job(spec: JobSpec) -> JobResult | None:
             extras = ({CALIBRATION_NAME: plan_to_json(quantized.plan)}
                       if quantized.plan is not None else {})
             return JobResult(dest, write_artifact(dest, built.path, used_logs, manifest, extras))
+
+
+def _options_for(options: QuantizeOptions, folder: Path) -> QuantizeOptions:
+    """`options` with the float layers and accuracy gate not given taken from what the int8
+    logs in `folder` were tuned with: other float layers would mean kernels with no records."""
+    logged = logged_quantization(folder) if options.variant is Variant.INT8 else None
+    resolved = options.with_logged(logged)
+    if logged is not None and resolved != options:
+        log.info("int8 as the logs in %s were tuned (their %s): %s kept in float, accuracy gate "
+                 "%g points; --keep-float and --max-accuracy-drop choose otherwise", folder,
+                 QUANTIZATION, ", ".join(sorted(resolved.keep_float, key=_layer_order))
+                 or "no layer",
+                 resolved.max_drop_points)
+    return resolved
+
+
+def _layer_order(name: str) -> tuple:
+    return LayerId.parse(name).order
+
+
+def _record_quantization(folder: Path, quantized: Quantized, options: QuantizeOptions) -> None:
+    """Say in the logs which int8 configuration their records are tuned for."""
+    if quantized.variant is not Variant.INT8 or quantized.quantization is None:
+        return
+    tuned = LoggedQuantization(quantized.quantization.float_layers, options.max_drop_points)
+    before = logged_quantization(folder)
+    if before is not None and before.float_layers != tuned.float_layers:
+        log.info("the logs in %s were tuned with %s in float; from now on they are tuned, and "
+                 "built by default, with %s", folder, ", ".join(before.float_layers) or "no layer",
+                 ", ".join(tuned.float_layers) or "no layer")
+    if before != tuned:
+        record_quantization(folder, tuned)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ machine) and handing the absolute values that reach each quantized layer to an o
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,27 +34,37 @@ def calibrate(mod, inputs: np.ndarray, observer: Observer) -> Int8Plan:
         raise UserError("The model has no convolution or matmul with constant weights: nothing "
                         "to quantize to int8.")
     run = compile_for_host(_expose(mod, tensors))
-    rng = np.random.default_rng(0)
     depthwise_only = [all(layer.depthwise for layer in layers if layer.tensor == t)
                       for t in range(len(tensors))]
+    geometries = [_compensable(call) for call in calls]
+
+    def statistics(i: int, outputs: list) -> _InputStatistics:
+        """What one input contributes, computed on the thread that ran it."""
+        _, *values = outputs
+        rng = np.random.default_rng((0, i))  # the same samples whichever thread runs input i
+        absmax, samples = [], []
+        for value in values:
+            flat = np.abs(value[0]).astype("float32").reshape(-1)
+            absmax.append(float(flat.max()))
+            samples.append(flat[rng.integers(0, flat.size, SAMPLES_PER_INPUT)]
+                           if flat.size > SAMPLES_PER_INPUT else flat)
+        return _InputStatistics(
+            absmax, samples, [_channel_means(value) for value in values],
+            [None if geometry is None else rounding.patch_moment(values[layer.tensor], geometry)
+             for layer, geometry in zip(layers, geometries, strict=True)])
+
     absmax = np.zeros(len(tensors))
     samples: list[list[np.ndarray]] = [[] for _ in tensors]
     sums: list[np.ndarray | float] = [0.0] * len(tensors)
-    geometries = [_compensable(call) for call in calls]
     moments: list[np.ndarray | float] = [0.0] * len(layers)
-    for i, x in enumerate(inputs):
-        _, *values = run(x[None])
-        for k, (layer, geometry) in enumerate(zip(layers, geometries, strict=True)):
-            if geometry is not None:
-                moments[k] = moments[k] + rounding.patch_moment(values[layer.tensor], geometry)
-        for t, value in enumerate(values):
-            sums[t] = sums[t] + _channel_means(value)
-            magnitude = np.abs(value[0]).astype("float32")
-            absmax[t] = max(absmax[t], float(magnitude.max()))
-            flat = magnitude.reshape(-1)
-            if flat.size > SAMPLES_PER_INPUT:
-                flat = flat[rng.integers(0, flat.size, SAMPLES_PER_INPUT)]
-            samples[t].append(flat)
+    for i, found in enumerate(run.map((x[None] for x in inputs), then=statistics)):
+        for t in range(len(tensors)):
+            absmax[t] = max(absmax[t], found.absmax[t])
+            samples[t].append(found.samples[t])
+            sums[t] = sums[t] + found.channel_means[t]
+        for k, moment in enumerate(found.moments):
+            if moment is not None:
+                moments[k] = moments[k] + moment
         if (i + 1) % 16 == 0 or i + 1 == len(inputs):
             log.info(f"  calibration: {i + 1}/{len(inputs)} inputs through {len(layers)} layers")
     unsigned = {layer.tensor: layer.unsigned for layer in layers}
@@ -74,6 +84,14 @@ def calibrate(mod, inputs: np.ndarray, observer: Observer) -> Int8Plan:
     rounded = tuple("" if geometry is None else compensated_rounding(call, geometry, moment)
                     for call, geometry, moment in zip(calls, geometries, moments, strict=True))
     return Int8Plan(tuple(layers), tuple(ranges), observer.method, rounded)
+
+
+@dataclass
+class _InputStatistics:
+    absmax: list[float]  # per calibrated tensor
+    samples: list[np.ndarray]  # absolute values, at most SAMPLES_PER_INPUT per tensor
+    channel_means: list[np.ndarray]
+    moments: list[np.ndarray | None]  # per layer whose weights' rounding is fitted
 
 
 def _unclipped(values: np.ndarray, absmax: float, levels: int, channels: int,

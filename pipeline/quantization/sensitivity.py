@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.base.devices import detect_host_target
-from pipeline.compile.lowering import lower
+from pipeline.compile.host import compile_for_host
 from pipeline.quantization.accuracy import sqnr_db
 from pipeline.quantization.plan import Int8Plan
 from pipeline.quantization.rewrite import simulate_int8
@@ -31,27 +30,17 @@ class Simulation:
 
     def __init__(self, mod, plan: Int8Plan, inputs: Sequence[np.ndarray],
                  references: Sequence[np.ndarray]):
-        import tvm
-        from tvm import relax
-
-        target = tvm.target.Target(detect_host_target())
-        self._vm = relax.VirtualMachine(
-            tvm.compile(lower(simulate_int8(mod, plan), target), target=target), tvm.cpu())
+        self._module = compile_for_host(simulate_int8(mod, plan))
         self.names = [layer.name for layer in plan.layers]
-        self._inputs = [[tvm.runtime.tensor(x[None]) for x in group] for group in inputs]
+        self._inputs = [[x[None] for x in group] for group in inputs]
         self._references = list(references)
 
     def worst_sqnr(self, int8_layers: set[str]) -> float:
         """The lowest SQNR over the input groups with `int8_layers` in int8, the rest float."""
-        import tvm
-
-        switches = tvm.runtime.tensor(np.array([name in int8_layers for name in self.names],
-                                               "float32"))
-        worst = float("inf")
-        for group, reference in zip(self._inputs, self._references, strict=True):
-            outputs = np.concatenate([self._vm["main"](x, switches).numpy() for x in group])
-            worst = min(worst, sqnr_db(reference, outputs))
-        return worst
+        switches = np.array([name in int8_layers for name in self.names], "float32")
+        outputs = iter(self._module.map((x for group in self._inputs for x in group), switches))
+        return min(sqnr_db(reference, np.concatenate([next(outputs)[0] for _ in group]))
+                   for group, reference in zip(self._inputs, self._references, strict=True))
 
 
 def layer_sensitivity(simulation: Simulation) -> dict[str, float]:

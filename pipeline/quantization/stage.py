@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 import pipeline.quantization.accuracy as accuracy
 from pipeline.artifact.manifest import Accuracy, DataInfo, Quantization
+from pipeline.artifact.tuning_logs import LoggedQuantization
 from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import UserError
 from pipeline.base.variant import Variant
@@ -38,9 +39,14 @@ from pipeline.quantization.sensitivity import INPUTS_PER_SET, Simulation, layer_
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_DROP_POINTS = 1.0
+
 
 @dataclass(frozen=True)
 class QuantizeOptions:
+    """None for `keep_float` or `max_drop_points`: what the tuning logs were tuned with
+    (`with_logged`), else none and DEFAULT_MAX_DROP_POINTS."""
+
     variant: Variant = Variant.FP32
     method: Method = "mse"
     percentile: float = 99.99
@@ -48,9 +54,9 @@ class QuantizeOptions:
     calibration_count: int = 256
     eval_data: str | None = None  # None: the calibration source (builtin: other crops)
     eval_count: int = 200  # per evaluation set
-    keep_float: frozenset[str] = field(default_factory=frozenset)
+    keep_float: frozenset[str] | None = None
     fallback_limit: int = 8  # layers the accuracy fallback may keep in float (0: none)
-    max_drop_points: float = 1.0
+    max_drop_points: float | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -60,8 +66,18 @@ class QuantizeOptions:
         if self.calibration_count < 1 or self.eval_count < 1 or self.fallback_limit < 0:
             raise UserError("--calibration-count and --eval-count must be >= 1, "
                             "--fallback-limit >= 0.")
-        if self.max_drop_points < 0:
+        if self.max_drop_points is not None and self.max_drop_points < 0:
             raise UserError(f"--max-accuracy-drop {self.max_drop_points} must be >= 0.")
+
+    def with_logged(self, logged: LoggedQuantization | None) -> QuantizeOptions:
+        """These options with what was not given taken from the logs' record (`logged`), or
+        the defaults."""
+        if self.variant is not Variant.INT8 or logged is None:
+            logged = LoggedQuantization((), DEFAULT_MAX_DROP_POINTS)
+        return replace(self, keep_float=(frozenset(logged.float_layers)
+                                         if self.keep_float is None else self.keep_float),
+                       max_drop_points=(logged.max_drop_points if self.max_drop_points is None
+                                        else self.max_drop_points))
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,7 @@ class Quantized:
 
 def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
              options: QuantizeOptions) -> Quantized:
+    options = options.with_logged(None)  # the job has filled in what the logs say
     variant = options.variant
     if variant is Variant.FP32:
         return Quantized(imported.mod, variant, None, None)
@@ -117,16 +134,16 @@ class _Evaluation:
         """The quantized model, compiled for this machine, against fp32 on every set."""
         log.info(f"measuring {options.variant} against fp32 on {len(self.sets)} sets of inputs "
                  f"({', '.join(f'{d.spec}: {len(d)}' for d in self.sets)})")
-        run = _host_runner(mod)
+        run = compile_for_host(mod)
         reports = []
         for data, reference in zip(self.sets, self.references, strict=True):
-            outputs = np.concatenate([run(x[None]) for x in data.inputs])
+            outputs = np.concatenate([y for y, in run.map(x[None] for x in data.inputs)])
             report = accuracy.compare(reference, outputs, data.labels, _info(data),
                                       options.max_drop_points, forced=options.force)
             log.info(f"  {accuracy.describe(report)}: {report.drop_points:.2f} points lost "
                      f"(allowed: {report.max_drop_points:g})")
             reports.append(report)
-        return tuple(reports), run
+        return tuple(reports), lambda x: run(x)[0]
 
 
 def requantize(mod, info: Quantization, plan: Int8Plan | None, target: dict):
@@ -204,6 +221,3 @@ def _info(data: Dataset) -> DataInfo:
     return DataInfo(data.spec, len(data), data.sha256)
 
 
-def _host_runner(mod) -> Callable[[np.ndarray], np.ndarray]:
-    run = compile_for_host(mod)
-    return lambda x: run(x)[0]
