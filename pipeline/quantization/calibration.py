@@ -86,7 +86,7 @@ def calibrate(mod, inputs: np.ndarray, observer: Observer) -> Int8Plan:
     return Int8Plan(tuple(layers), tuple(ranges), observer.method, rounded)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _InputStatistics:
     absmax: list[float]  # per calibrated tensor
     samples: list[np.ndarray]  # absolute values, at most SAMPLES_PER_INPUT per tensor
