@@ -7,14 +7,17 @@ import subprocess
 import numpy as np
 import pytest
 
+from pipeline.artifact.manifest import CALIBRATION_NAME
 from pipeline.base.devices import load_device
 from pipeline.base.variant import Variant
 from pipeline.compile.host import compile_for_host
 from pipeline.compile.x86.intrinsic import AVX2, VNNI, dot_product_for
 from pipeline.compile.x86.packing import pack_weights
+from pipeline.frontend.importer import import_model
 from pipeline.job.build_job import JobSpec, run_job
-from pipeline.quantization.plan import Int8Plan, Layer, TensorRange
+from pipeline.quantization.plan import Int8Plan, Layer, TensorRange, plan_from_json
 from pipeline.quantization.policy import VNNI as VNNI_POLICY
+from pipeline.quantization.policy import policy_for
 from pipeline.quantization.rewrite import apply_int8
 from pipeline.artifact.tuning_logs import LoggedQuantization, logged_quantization
 from pipeline.quantization.stage import QuantizeOptions
@@ -164,6 +167,19 @@ def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, ho
     # the same kernels as the tuned build: those the logs hold records of are found again
     assert manifest.tuning.kernels == result.manifest.tuning.kernels
     assert manifest.tuning.tuned_kernels > 0
+
+    # The accuracy is measured on those kernels too (the int8 model as the artifact computes
+    # it), and on the same figures as the untuned model up to float rounding.
+    imported = import_model(tiny_model)
+    plan = plan_from_json((rebuilt.artifact / CALIBRATION_NAME).read_text(), "calibration")
+    mod = apply_int8(imported.mod, plan, policy_for(host_device.tvm_target()),
+                     frozenset({"conv2d_0"}))
+    tuned, untuned = compile_for_host(mod, logs), compile_for_host(mod)
+    assert (tuned.tuned_kernels, tuned.workers) == (manifest.tuning.tuned_kernels, 1)
+    assert untuned.tuned_kernels == 0
+    x = tiny_model.sample_input()
+    np.testing.assert_allclose(tuned(x)[0], untuned(x)[0], rtol=0, atol=0.05 * np.abs(
+        untuned(x)[0]).max())
 
 
 @pytest.mark.slow

@@ -1,17 +1,24 @@
-"""Models compiled for this machine, untuned: what calibration, the accuracy measurements and
-the reference for int8 verification run."""
+"""Models compiled for this machine: what calibration, the accuracy measurements and the
+reference for int8 verification run. Untuned, or with the tuning logs of the class being built
+applied where this CPU runs the code they were tuned for."""
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from pipeline.base.devices import detect_host_target
-from pipeline.compile.lowering import lower
+from pipeline.artifact.tuning_logs import count_records, logged_target, open_database
+from pipeline.base.devices import detect_host_target, runs_target
+from pipeline.compile.build import kernel_sources
+from pipeline.compile.extensions import extensions_for
+from pipeline.compile.lowering import apply_database, lower
 
+log = logging.getLogger(__name__)
 
 _CREATING = threading.Lock()
 
@@ -19,12 +26,14 @@ _CREATING = threading.Lock()
 class HostModule:
     """A compiled Relax module: `module(*inputs)` -> its outputs as numpy arrays; `map` runs
     many inputs on every core. Untuned kernels run on one thread each, so a virtual machine
-    per thread (one is not safe to share) runs inputs side by side: ~1.9x on 2 cores."""
+    per thread (one is not safe to share) runs inputs side by side: ~1.9x on 2 cores. Tuned
+    kernels use every core themselves (`workers=1`)."""
 
-    def __init__(self, executable):
+    def __init__(self, executable, workers: int | None = None, tuned_kernels: int = 0):
         self._executable = executable
         self._local = threading.local()
-        self.workers = len(os.sched_getaffinity(0))
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self.tuned_kernels = tuned_kernels  # kernels compiled from tuning records
 
     def __call__(self, *inputs) -> list:
         import tvm
@@ -58,9 +67,22 @@ class HostModule:
                 yield pending.popleft().result()
 
 
-def compile_for_host(mod) -> HostModule:
-    """`mod` compiled for this machine (untuned)."""
+def compile_for_host(mod, records: Path | None = None) -> HostModule:
+    """`mod` compiled for this machine: untuned, or, where the tuning logs in `records` were
+    tuned for code this CPU runs, for their target with their kernels applied (as the artifact
+    is built: 800 accuracy inputs then take seconds, not a minute)."""
     import tvm
 
-    target = tvm.target.Target(detect_host_target())
-    return HostModule(tvm.compile(lower(mod, target), target=target))
+    logged = logged_target(records) if records is not None and count_records(records) else None
+    if logged is None or not runs_target(logged):
+        target = tvm.target.Target(detect_host_target())
+        return HostModule(tvm.compile(lower(mod, target), target=target))
+    target = tvm.target.Target(logged)
+    extensions_for(target).register_intrinsics()  # the records name them
+    lowered, database = lower(mod, target), open_database(records)
+    found = sum(1 for source in kernel_sources(lowered, database, {}).values()
+                if source != "default")
+    log.info(f"  compiled for {target.attrs.get('mcpu', target.kind.name)} with {found} kernels "
+             f"from the tuning logs in {records}")
+    return HostModule(tvm.compile(apply_database(lowered, target, database), target=target),
+                      workers=1, tuned_kernels=found)

@@ -101,7 +101,7 @@ def run_job(spec: JobSpec) -> JobResult | None:
     options = _options_for(spec.options, folder)
     log.info("importing %s (%s, input %s)", model.spec, model.source, list(model.input_shape))
     imported = import_model(model)
-    quantized = quantize(imported, model, device, options)
+    quantized = quantize(imported, model, device, options, records=folder)
     lowered = lower(quantized.mod, device.tvm_target())
     needs_boards = trials > 0 or spec.verify
     sources = (transfer_sources(device, folder, spec.log_root, also=_also_borrowed(device))

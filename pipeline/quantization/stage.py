@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -94,7 +95,9 @@ class Quantized:
 
 
 def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
-             options: QuantizeOptions) -> Quantized:
+             options: QuantizeOptions, records: Path | None = None) -> Quantized:
+    """`records`: the tuning logs the artifact will be built with; the quantized model is
+    measured with their kernels where this CPU runs them (compile_for_host)."""
     options = options.with_logged(None)  # the job has filled in what the logs say
     variant = options.variant
     if variant is Variant.FP32:
@@ -103,10 +106,10 @@ def quantize(imported: ImportedModel, model: LoadedModel, device: DeviceConfig,
     evaluation = _Evaluation.load(model, options)
     if variant is Variant.FP16:
         mod, info, plan = apply_fp16(imported.mod), Quantization("fp16", 0), None
-        reports, run = evaluation.measure(mod, options)
+        reports, run = evaluation.measure(mod, options, records)
     else:
         mod, info, plan, reports, run = _int8(imported, model, options, evaluation,
-                                              policy_for(device.tvm_target()))
+                                              policy_for(device.tvm_target()), records)
     worst = accuracy.worst(reports)
     sensitivity = info.sensitivity if info else {}
     accuracy.require(worst, variant, tuple(sorted(sensitivity, key=sensitivity.get)[:12]))
@@ -130,11 +133,12 @@ class _Evaluation:
         return cls(sets, tuple(np.concatenate([model.reference_output(x[None])
                                                for x in data.inputs]) for data in sets))
 
-    def measure(self, mod, options: QuantizeOptions):
-        """The quantized model, compiled for this machine, against fp32 on every set."""
+    def measure(self, mod, options: QuantizeOptions, records: Path | None = None):
+        """The quantized model, compiled for this machine (with `records` where they run
+        here), against fp32 on every set."""
         log.info(f"measuring {options.variant} against fp32 on {len(self.sets)} sets of inputs "
                  f"({', '.join(f'{d.spec}: {len(d)}' for d in self.sets)})")
-        run = compile_for_host(mod)
+        run = compile_for_host(mod, records)
         reports = []
         for data, reference in zip(self.sets, self.references, strict=True):
             outputs = np.concatenate([y for y, in run.map(x[None] for x in data.inputs)])
@@ -183,7 +187,7 @@ def apply_fp16(mod):
 
 
 def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
-          evaluation: _Evaluation, policy: Int8Policy):
+          evaluation: _Evaluation, policy: Int8Policy, records: Path | None):
     """Calibrate, measure each layer's sensitivity, rewrite, measure; while the worst set's drop
     is over the threshold, keep more layers in float (the accuracy fallback: 1, 2, 4, ... up
     to `fallback_limit`, the most sensitive first)."""
@@ -204,7 +208,7 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
     fallback: list[str] = []
     while True:
         mod = apply_int8(imported.mod, plan, policy, keep | frozenset(fallback))
-        reports, run = evaluation.measure(mod, options)
+        reports, run = evaluation.measure(mod, options, records)
         if accuracy.within(accuracy.worst(reports)) or len(fallback) >= limit:
             break
         fallback = ranked[:min(2 * len(fallback) or 1, limit)]
