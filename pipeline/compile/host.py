@@ -5,6 +5,7 @@ applied where this CPU runs the code they were tuned for."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -53,11 +54,15 @@ class HostModule:
         """The outputs for each of `inputs` (each followed by the `shared` arguments), in order,
         or `then(i, outputs)` for the i-th, computed on the same thread; at most a few results
         wait to be consumed (they may be large)."""
+        from threadpoolctl import threadpool_limits
+
         def job(i: int, x):
             outputs = self(x, *shared)
             return outputs if then is None else then(i, outputs)
 
-        with ThreadPoolExecutor(self.workers) as pool:
+        # Each worker's numpy work (`then`) on one BLAS thread: the workers are the parallelism.
+        blas = threadpool_limits(1, user_api="blas") if self.workers > 1 else None
+        with blas or contextlib.nullcontext(), ThreadPoolExecutor(self.workers) as pool:
             pending: collections.deque = collections.deque()
             for i, x in enumerate(inputs):
                 pending.append(pool.submit(job, i, x))
@@ -67,16 +72,20 @@ class HostModule:
                 yield pending.popleft().result()
 
 
-def compile_for_host(mod, records: Path | None = None) -> HostModule:
+def compile_for_host(mod, records: Path | None = None, nhwc: bool = True) -> HostModule:
     """`mod` compiled for this machine: untuned, or, where the tuning logs in `records` were
     tuned for code this CPU runs, for their target with their kernels applied (as the artifact
-    is built: 800 accuracy inputs then take seconds, not a minute)."""
+    is built: 800 accuracy inputs then take seconds, not a minute).
+
+    `nhwc=False` (untuned only) keeps the model's layout: the sensitivity simulation's weights
+    depend on an input, so in NHWC each needs a transpose at run time, and LLVM takes ~30 s
+    longer to generate its code (at the first run), for the same speed after."""
     import tvm
 
     logged = logged_target(records) if records is not None and count_records(records) else None
     if logged is None or not runs_target(logged):
         target = tvm.target.Target(detect_host_target())
-        return HostModule(tvm.compile(lower(mod, target), target=target))
+        return HostModule(tvm.compile(lower(mod, target, nhwc), target=target))
     target = tvm.target.Target(logged)
     extensions_for(target).register_intrinsics()  # the records name them
     lowered, database = lower(mod, target), open_database(records)

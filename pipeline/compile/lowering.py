@@ -13,26 +13,29 @@ from pipeline.compile.layout import LayoutReport, convert_layout
 log = logging.getLogger(__name__)
 
 
-def lower(mod, target):
+def lower(mod, target, nhwc: bool = True):
     """Relax with high-level ops -> Relax calling fused TIR kernels (what MetaSchedule tunes).
 
     Weights are marked layout-free so that tuned kernels may ask for their weights pre-tiled
     (MetaSchedule's RewriteLayout); `apply_database` then folds that re-tiling into the
     constants at build time, so it costs nothing at run time.
+
+    `nhwc=False` keeps the model's own layout: for modules only this machine runs, untuned,
+    whose kernels no record could match anyway.
     """
-    lowered, layout = lower_with_layout(mod, target)
-    if layout.transposes_added or not layout.converted:
+    lowered, layout = lower_with_layout(mod, target, nhwc)
+    if nhwc and (layout.transposes_added or not layout.converted):
         log.info(layout.describe())
     return lowered
 
 
-def lower_with_layout(mod, target) -> tuple[object, LayoutReport]:
+def lower_with_layout(mod, target, nhwc: bool = True) -> tuple[object, LayoutReport]:
     """`lower`, and what the NHWC conversion cost (logged by `lower`, returned here)."""
     import tvm
     from tvm import relax
 
     with target:
-        mod, layout = convert_layout(mod)
+        mod, layout = convert_layout(mod) if nhwc else (mod, LayoutReport(0, (), (), False))
         return tvm.transform.Sequential([
             relax.transform.FoldConstant(),
             *extensions_for(target).relax_passes(),

@@ -203,10 +203,7 @@ def _simulated_call(call, layer: Layer, tensor_range: TensorRange, offsets: np.n
     if not tensor_range.channel_mean:
         return out
     shift = _rounding_shift(error, np.array(tensor_range.channel_mean), call).reshape(shape)
-    # out + switch * shift, written so that every op reads `out`: an op of the switch and a
-    # constant alone stays in NCHW under the layout conversion (two transposes per layer).
-    shifted = relax.op.add(out, relax.const(shift.astype("float32")))
-    return relax.op.add(out, relax.op.multiply(switch, relax.op.subtract(shifted, out)))
+    return relax.op.add(out, relax.op.multiply(switch, relax.const(shift.astype("float32"))))
 
 
 def _same_op(call, data, weight, out_dtype: str):

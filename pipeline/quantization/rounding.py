@@ -109,7 +109,7 @@ def round_weight(weight: np.ndarray, scale: np.ndarray, moment: np.ndarray,
 def encode(offsets: np.ndarray) -> str:
     """Offsets from nearest rounding, as text for the calibration record (int16: two int8
     values can be 254 apart; the high bytes, nearly all 0 or 255, cost little compressed)."""
-    return base64.b64encode(zlib.compress(offsets.astype("<i2").tobytes(), 9)).decode("ascii")
+    return base64.b64encode(zlib.compress(offsets.astype("<i2").tobytes(), 6)).decode("ascii")
 
 
 def decode(text: str, shape: tuple[int, ...]) -> np.ndarray:

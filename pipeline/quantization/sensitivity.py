@@ -30,7 +30,7 @@ class Simulation:
 
     def __init__(self, mod, plan: Int8Plan, inputs: Sequence[np.ndarray],
                  references: Sequence[np.ndarray]):
-        self._module = compile_for_host(simulate_int8(mod, plan))
+        self._module = compile_for_host(simulate_int8(mod, plan), nhwc=False)
         self.names = [layer.name for layer in plan.layers]
         self._inputs = [[x[None] for x in group] for group in inputs]
         self._references = list(references)
