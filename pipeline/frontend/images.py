@@ -21,16 +21,19 @@ def sample_image(name: str) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int] = (224, 224)) -> np.ndarray:
-    """Resize (antialiased bilinear) to `size` (height, width), normalise, and lay out as NCHW
-    float32."""
-    import torch
-    from torch.nn import functional as F
+    """Resize an RGB uint8 image to `size` (height, width), bilinear and antialiased when
+    shrinking, normalise, and lay out as NCHW float32.
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    x = (x - torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.from_numpy(
-        IMAGENET_STD).view(1, 3, 1, 1)
-    return x.numpy().astype("float32")
+    Pillow resamples 8-bit images in fixed-point integer arithmetic, so the same image gives
+    the same bits on every CPU (torch's antialiased interpolation did not: its AVX2 and scalar
+    kernels differ in the last bits, and calibration data, hashed into the manifest and
+    matched against the tuning logs' calibration record, must not depend on the CPU)."""
+    from PIL import Image
+
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
+        (size[1], size[0]), Image.Resampling.BILINEAR)
+    x = (np.asarray(resized, dtype=np.float32) / np.float32(255) - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def imagenet_input(name: str) -> np.ndarray:

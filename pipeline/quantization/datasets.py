@@ -11,7 +11,7 @@ Accuracy is measured on the evaluation data as given and, for images, on shifted
 calibration's preprocessing never produces (`evaluation_sets`): users calibrate on the images
 they have and deploy on a camera's, so the figure that counts is the worst of them.
 
-  other-resize       scikit-image's resize (Gaussian anti-aliasing) instead of torch's
+  other-resize       scikit-image's resize (Gaussian anti-aliasing) instead of Pillow's
                      bilinear one, crops of 30-100% of the side with a squashed aspect ratio
   camera             sensor noise and a JPEG round trip before that resize
   other-photos       (builtin only) photos calibration never saw: a street scene, textures,
