@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 from pipeline.artifact.manifest import CALIBRATION_NAME, read_manifest
+from pipeline.artifact.tuning_logs import (
+    QUANTIZATION,
+    LoggedQuantization,
+    record_quantization,
+)
 from pipeline.base.devices import load_device
 from pipeline.base.errors import UserError
 from pipeline.base.variant import Variant
@@ -22,7 +27,7 @@ from pipeline.quantization.graph import QUANTIZED_OPS, op_name
 from pipeline.quantization.observers import observer_for, relative_noise
 from pipeline.quantization.policy import VNNI, policy_for
 from pipeline.quantization.rewrite import apply_int8
-from pipeline.quantization.stage import QuantizeOptions, quantize
+from pipeline.quantization.stage import QuantizeOptions, calibration_record, quantize
 from pipeline.quantization.weights import quantize_weight
 from tests import digits
 
@@ -66,6 +71,54 @@ def test_int8_library_computes_every_conv_and_matmul_in_int8(tmp_path, tiny_mode
                      "builtin (other-photos)"]
     assert report in quantized.evaluations
     assert report.drop_points == max(r.drop_points for r in quantized.evaluations)
+
+
+DATA_DIGESTS = """
+from pipeline.quantization.datasets import evaluation_sets
+print(*(d.sha256 for d in evaluation_sets("builtin", (1, 3, 64, 64), 6)))
+"""
+
+
+def test_builtin_data_is_the_same_bits_whatever_kernels_the_cpu_runs():
+    """Calibration and evaluation data are hashed into the manifest and matched against the
+    logs' calibration record: torch's scalar kernels (what a CPU without AVX2 runs) and this
+    CPU's own must make the same crops."""
+    import os
+    import subprocess
+    import sys
+
+    digests = {subprocess.run([sys.executable, "-c", DATA_DIGESTS], capture_output=True,
+                              text=True, check=True, env={**os.environ, **env}).stdout
+               for env in ({}, {"ATEN_CPU_CAPABILITY": "default"})}
+    assert len(digests) == 1 and len(next(iter(digests)).split()) == 4, digests
+
+
+def test_int8_logs_record_their_calibration_and_a_build_of_the_same_data_reuses_it(
+        tmp_path, tiny_model, tiny_imported, host_device, caplog):
+    """The calibration the int8 logs were tuned with is applied as recorded (no calibration
+    and no sensitivity run, the same plan on every CPU) when the model, the samples and the
+    method are the same; other samples are calibrated anew."""
+    options = QuantizeOptions(variant=Variant.INT8, **FAST)
+    first = quantize(tiny_imported, tiny_model, host_device, options)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    record_quantization(logs, LoggedQuantization((), 10.0, calibration_record(
+        tiny_model, first, options)))
+    caplog.set_level("INFO", logger="pipeline")
+    again = quantize(tiny_imported, tiny_model, host_device, options, records=logs)
+    assert "not calibrated again" in caplog.text and "sensitivity of" not in caplog.text
+    assert again.plan == first.plan and again.quantization == first.quantization
+
+    caplog.clear()
+    other = quantize(tiny_imported, tiny_model, host_device,
+                     QuantizeOptions(variant=Variant.INT8, **{**FAST, "calibration_count": 9}),
+                     records=logs)
+    assert "calibrating anew" in caplog.text and other.quantization.calibration.count == 9
+
+    damaged = (logs / QUANTIZATION).read_text().replace('"count": 8', '"count": "eight"')
+    (logs / QUANTIZATION).write_text(damaged)
+    with pytest.raises(UserError, match=f"{QUANTIZATION}.*count must be int"):
+        quantize(tiny_imported, tiny_model, host_device, options, records=logs)
 
 
 def test_the_int8_check_sees_a_float_layer(tmp_path, tiny_model, tiny_imported, host_device):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.artifact.manifest import CALIBRATION_NAME
+from pipeline.artifact.tuning_logs import logged_quantization
 from pipeline.base.devices import load_device
 from pipeline.base.variant import Variant
 from pipeline.compile.host import compile_for_host
@@ -19,7 +20,6 @@ from pipeline.quantization.plan import Int8Plan, Layer, TensorRange, plan_from_j
 from pipeline.quantization.policy import VNNI as VNNI_POLICY
 from pipeline.quantization.policy import policy_for
 from pipeline.quantization.rewrite import apply_int8
-from pipeline.artifact.tuning_logs import LoggedQuantization, logged_quantization
 from pipeline.quantization.stage import QuantizeOptions
 from pipeline.quantization.weights import quantize_weight
 
@@ -140,12 +140,16 @@ def test_depthwise_int8_sum_in_float32_lanes_is_exact():
     np.testing.assert_array_equal(got, expected)
 
 
+INSTRUCTION = {VNNI: "vpdpbusd", AVX2: "vpmaddwd"}
+
+
 @pytest.mark.slow
-def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, host_device,
-                                                        host_farm):
-    """A short tuning run: its int8 kernels tensorize with our intrinsic, build, and verify;
-    the logs say which layers they were tuned with in float, and a build from them that names
-    none uses those."""
+def test_tuned_host_int8_library_runs_its_cpus_dot_products(tmp_path, tiny_model, host_device,
+                                                            host_farm, caplog):
+    """A short tuning run: its int8 kernels tensorize with our intrinsic for this CPU (VNNI's
+    vpdpbusd, else AVX2's vpmaddwd), build, and verify; the logs say which layers they were
+    tuned with in float and which calibration, and a build from them that names none uses
+    both, calibrating nothing."""
     options = QuantizeOptions(variant=Variant.INT8, calibration_count=8, eval_count=16,
                               max_drop_points=20.0, keep_float=frozenset({"conv2d_0"}))
     result = run_job(JobSpec(host_device, tiny_model, 40, host_farm, tmp_path / "artifact",
@@ -153,15 +157,27 @@ def test_tuned_host_int8_library_runs_vnni_dot_products(tmp_path, tiny_model, ho
     assert result.manifest.verification.top1_matches_framework
     disassembly = subprocess.run(["objdump", "-d", str(result.artifact / "lib.so")],
                                  capture_output=True, text=True, check=True).stdout
-    assert "vpdpbusd" in disassembly
+    assert INSTRUCTION[dot_product_for(host_device.tvm_target())] in disassembly
     logs = next((tmp_path / "logs").glob("*/tiny-cnn-int8"))
-    assert logged_quantization(logs) == LoggedQuantization(("conv2d_0",), 20.0)
-    assert "tuning_logs/quantization.json" in result.manifest.files
+    logged = logged_quantization(logs)
+    assert (logged.float_layers, logged.max_drop_points) == (("conv2d_0",), 20.0)
+    calibration = result.manifest.quantization.calibration
+    assert logged.calibration.data == calibration and logged.calibration.eval_data == "builtin"
+    assert logged.calibration.sensitivity == result.manifest.quantization.sensitivity
+    assert logged.calibration.plan == (result.artifact / CALIBRATION_NAME).read_text()
+    assert {"tuning_logs/quantization.json", "tuning_logs/calibration.json"} <= set(
+        result.manifest.files)
 
+    caplog.set_level("INFO", logger="pipeline")
+    caplog.clear()
     rebuilt = run_job(JobSpec(host_device, tiny_model, 0, None, tmp_path / "again",
                               tmp_path / "logs", verify=False, options=QuantizeOptions(
                                   variant=Variant.INT8, calibration_count=8, eval_count=16)))
     manifest = rebuilt.manifest
+    assert "calibrating" not in caplog.text and "sensitivity of" not in caplog.text
+    assert (rebuilt.artifact / CALIBRATION_NAME).read_bytes() == (
+        result.artifact / CALIBRATION_NAME).read_bytes()
+    assert manifest.quantization == result.manifest.quantization
     assert manifest.quantization.float_layers == ("conv2d_0",)
     assert manifest.accuracy.max_drop_points == 20.0
     # the same kernels as the tuned build: those the logs hold records of are found again

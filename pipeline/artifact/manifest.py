@@ -164,7 +164,7 @@ class Manifest:
             raise UserError(f"{where}: schema {raw.get('schema')} v{raw.get('schema_version')} is "
                             f"not {SCHEMA} v{SCHEMA_VERSION}; rebuild the artifact with this "
                             f"version of the pipeline.")
-        manifest = _build(Manifest, raw, where)
+        manifest = from_json(Manifest, raw, where)
         manifest.key  # noqa: B018 - the names that become paths must be plain names
         outside = [path for path in manifest.files if not _plain_relative(path)]
         if outside or LIB_NAME not in manifest.files:
@@ -174,9 +174,10 @@ class Manifest:
         return manifest
 
 
-def _build(cls, raw: Any, where: str):
-    """`cls` from JSON, every field checked against its annotation: a manifest is data from
-    outside until proven otherwise, and a wrong type is named here, not as a crash later."""
+def from_json(cls, raw: Any, where: str):
+    """`cls` from JSON, every field checked against its annotation: a manifest (or a record
+    beside the tuning logs) is data from outside until proven otherwise, and a wrong type is
+    named here, not as a crash later."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: {cls.__name__} must be an object, not {type(raw).__name__}.")
     names = {f.name for f in fields(cls)}
@@ -204,7 +205,7 @@ def _decode(value: Any, kind: Any, where: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _decode(value, inner, where)
     if dataclasses.is_dataclass(kind):
-        return _build(kind, value, where)
+        return from_json(kind, value, where)
     if kind is Variant:
         return Variant.parse(str(value), where)
     if origin is tuple:
@@ -218,7 +219,7 @@ def _decode(value: Any, kind: Any, where: str) -> Any:
     accepted = (int, float) if kind is float else kind
     if isinstance(value, bool) != (kind is bool) or not isinstance(value, accepted):
         raise UserError(f"{where} must be {kind.__name__}, not {type(value).__name__} "
-                        f"({value!r:.40}); the manifest is damaged.")
+                        f"({value!r:.40}); the file is damaged: restore it.")
     return float(value) if kind is float else value
 
 

@@ -13,10 +13,11 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipeline.artifact.log_repair import RECORDS, WORKLOADS, RepairReport, repair
+from pipeline.artifact.manifest import CALIBRATION_NAME, DataInfo, from_json
 from pipeline.base.devices import TARGET_KEYS, DeviceConfig, runs_target
 from pipeline.base.errors import UserError
 from pipeline.base.files import atomic_write, sha256_file
@@ -29,8 +30,11 @@ TRANSFERRED = "transferred.json"
 # What a quantized model's logs were tuned for: the layers kept in float decide which kernels
 # exist, so a build with other float layers would find no records for some of them.
 QUANTIZATION = "quantization.json"
-LOG_FILES = (WORKLOADS, RECORDS, TRANSFERRED, QUANTIZATION)
-_OPTIONAL = {TRANSFERRED, QUANTIZATION}
+# ... and the int8 plan they were tuned with (as an artifact bundles it), which a build of the
+# same model on the same data applies instead of calibrating again.
+CALIBRATION = CALIBRATION_NAME
+LOG_FILES = (WORKLOADS, RECORDS, TRANSFERRED, QUANTIZATION, CALIBRATION)
+_OPTIONAL = {TRANSFERRED, QUANTIZATION, CALIBRATION}
 LOCK_NAME = ".lock"
 
 
@@ -180,12 +184,29 @@ def _write_transferred(folder: Path, kernels: dict[str, dict]) -> None:
 
 
 @dataclass(frozen=True)
+class LoggedCalibration:
+    """Where the plan in CALIBRATION came from: a build that would calibrate the same model on
+    the same data with the same method applies it instead (the same library on every CPU, and
+    no calibration run), with the layer sensitivity measured then where the evaluation data
+    is the same too."""
+
+    model_sha256: str
+    method: str
+    percentile: float | None
+    data: DataInfo
+    eval_data: str  # the evaluation sets the sensitivity was measured on (their spec)
+    sensitivity: dict[str, float]
+    plan: str = field(default="", compare=False, repr=False)  # CALIBRATION's text
+
+
+@dataclass(frozen=True)
 class LoggedQuantization:
     """The int8 configuration a folder's records were tuned with, and the accuracy gate it
     passed: what a build with these logs uses unless told otherwise."""
 
     float_layers: tuple[str, ...]
     max_drop_points: float
+    calibration: LoggedCalibration | None = None
 
 
 def logged_quantization(folder: Path) -> LoggedQuantization | None:
@@ -203,13 +224,22 @@ def logged_quantization(folder: Path) -> LoggedQuantization | None:
                         f"--max-accuracy-drop yourself.") from None
     if found.max_drop_points < 0:
         raise UserError(f"{path}: max_drop_points {found.max_drop_points:g} must be >= 0.")
+    plan = folder / CALIBRATION
+    if data.get("calibration") is not None and plan.exists():
+        calibration = from_json(LoggedCalibration, data["calibration"], str(path))
+        found = replace(found, calibration=replace(calibration, plan=plan.read_text()))
     return found
 
 
 def record_quantization(folder: Path, quantization: LoggedQuantization) -> None:
+    calibration = quantization.calibration
+    if calibration is not None:
+        atomic_write(folder / CALIBRATION, calibration.plan)
     atomic_write(folder / QUANTIZATION, json.dumps(
         {"float_layers": list(quantization.float_layers),
-         "max_drop_points": quantization.max_drop_points}, indent=1) + "\n")
+         "max_drop_points": quantization.max_drop_points,
+         "calibration": {k: v for k, v in asdict(calibration).items() if k != "plan"}
+         if calibration is not None else None}, indent=1) + "\n")
 
 
 def count_records(folder: Path) -> int:

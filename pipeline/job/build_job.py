@@ -54,7 +54,12 @@ from pipeline.frontend.importer import ImportedModel, import_model
 from pipeline.frontend.models import LoadedModel
 from pipeline.job.provenance import toolchain_versions
 from pipeline.quantization.plan import LayerId, plan_to_json
-from pipeline.quantization.stage import Quantized, QuantizeOptions, quantize
+from pipeline.quantization.stage import (
+    Quantized,
+    QuantizeOptions,
+    calibration_record,
+    quantize,
+)
 from pipeline.verify.board import verify_on_board
 
 log = logging.getLogger(__name__)
@@ -109,7 +114,7 @@ def run_job(spec: JobSpec) -> JobResult | None:
     with farm_for(device, spec.tracker) if needs_boards else contextlib.nullcontext() as address:
         if trials > 0:
             with exclusive(folder):  # into the logs: the search starts from them
-                _record_quantization(folder, quantized, options)
+                _record_quantization(folder, model, quantized, options)
                 transfer(lowered, device, folder, sources, spec.log_root, address)
             if tune(lowered, device, folder, trials, address, seed=source.seed).interrupted:
                 return None
@@ -152,11 +157,14 @@ def _layer_order(name: str) -> tuple:
     return LayerId.parse(name).order
 
 
-def _record_quantization(folder: Path, quantized: Quantized, options: QuantizeOptions) -> None:
-    """Say in the logs which int8 configuration their records are tuned for."""
+def _record_quantization(folder: Path, model: LoadedModel, quantized: Quantized,
+                         options: QuantizeOptions) -> None:
+    """Say in the logs which int8 configuration (float layers, calibration) their records are
+    tuned for."""
     if quantized.variant is not Variant.INT8 or quantized.quantization is None:
         return
-    tuned = LoggedQuantization(quantized.quantization.float_layers, options.max_drop_points)
+    tuned = LoggedQuantization(quantized.quantization.float_layers, options.max_drop_points,
+                               calibration_record(model, quantized, options))
     before = logged_quantization(folder)
     if before is not None and before.float_layers != tuned.float_layers:
         log.info("the logs in %s were tuned with %s in float; from now on they are tuned, and "

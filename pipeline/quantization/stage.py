@@ -18,7 +18,12 @@ import numpy as np
 
 import pipeline.quantization.accuracy as accuracy
 from pipeline.artifact.manifest import Accuracy, DataInfo, Quantization
-from pipeline.artifact.tuning_logs import LoggedQuantization
+from pipeline.artifact.tuning_logs import (
+    CALIBRATION,
+    LoggedCalibration,
+    LoggedQuantization,
+    logged_quantization,
+)
 from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import UserError
 from pipeline.base.variant import Variant
@@ -33,7 +38,7 @@ from pipeline.quantization.datasets import (
     load_dataset,
 )
 from pipeline.quantization.observers import observer_for
-from pipeline.quantization.plan import Int8Plan, LayerId, Method
+from pipeline.quantization.plan import Int8Plan, LayerId, Method, plan_from_json, plan_to_json
 from pipeline.quantization.policy import Int8Policy, policy_for
 from pipeline.quantization.rewrite import apply_int8
 from pipeline.quantization.sensitivity import INPUTS_PER_SET, Simulation, layer_sensitivity
@@ -193,16 +198,23 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
     to `fallback_limit`, the most sensitive first)."""
     calibration = load_dataset(options.calibration, model.input_shape, options.calibration_count,
                                CALIBRATION_SEED)
-    log.info(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
-          f"{calibration.spec}")
-    plan = calibrate(imported.mod, calibration.inputs,
-                     observer_for(options.method, options.percentile))
+    recorded = _recorded_calibration(records, model, options, calibration)
+    if recorded is not None:
+        plan = plan_from_json(recorded.plan, str(records / CALIBRATION))
+    else:
+        log.info(f"calibrating int8 ({options.method}) on {len(calibration)} inputs from "
+                 f"{calibration.spec}")
+        plan = calibrate(imported.mod, calibration.inputs,
+                         observer_for(options.method, options.percentile))
     keep = frozenset(options.keep_float)
-    log.info(f"measuring the sensitivity of {len(plan.layers)} layers on "
-             f"{len(evaluation.sets)} x {INPUTS_PER_SET} inputs")
-    sensitivity = layer_sensitivity(Simulation(
-        imported.mod, plan, [data.inputs[:INPUTS_PER_SET] for data in evaluation.sets],
-        [reference[:INPUTS_PER_SET] for reference in evaluation.references]))
+    if recorded is not None and recorded.eval_data == _eval_spec(options):
+        sensitivity = recorded.sensitivity
+    else:
+        log.info(f"measuring the sensitivity of {len(plan.layers)} layers on "
+                 f"{len(evaluation.sets)} x {INPUTS_PER_SET} inputs")
+        sensitivity = layer_sensitivity(Simulation(
+            imported.mod, plan, [data.inputs[:INPUTS_PER_SET] for data in evaluation.sets],
+            [reference[:INPUTS_PER_SET] for reference in evaluation.references]))
     ranked = sorted((name for name in sensitivity if name not in keep), key=sensitivity.get)
     limit = min(options.fallback_limit, len(ranked))
     fallback: list[str] = []
@@ -219,6 +231,41 @@ def _int8(imported: ImportedModel, model: LoadedModel, options: QuantizeOptions,
                         options.percentile if options.method == "percentile" else None,
                         _info(calibration), sensitivity)
     return mod, info, plan, reports, run
+
+
+def _recorded_calibration(records: Path | None, model: LoadedModel, options: QuantizeOptions,
+                          data: Dataset) -> LoggedCalibration | None:
+    """The calibration the int8 logs in `records` were tuned with, if it is of this model on
+    these very samples with this method (else None: calibrate)."""
+    logged = logged_quantization(records) if records is not None else None
+    recorded = logged.calibration if logged is not None else None
+    if recorded is None:
+        return None
+    percentile = options.percentile if options.method == "percentile" else None
+    if (recorded.model_sha256, recorded.method, recorded.percentile, recorded.data.sha256) != (
+            model.sha256, options.method, percentile, data.sha256):
+        log.info(f"the calibration recorded in {records / CALIBRATION} is of another model, "
+                 f"data or method: calibrating anew")
+        return None
+    log.info(f"int8 calibration as recorded in {records / CALIBRATION} (this model, the same "
+             f"{len(data)} inputs of {data.spec}, {options.method}): not calibrated again "
+             f"(delete that file to calibrate anew)")
+    return recorded
+
+
+def calibration_record(model: LoadedModel, quantized: Quantized,
+                       options: QuantizeOptions) -> LoggedCalibration | None:
+    """What the int8 logs record of the calibration they are tuned with (None: not int8)."""
+    info = quantized.quantization
+    if quantized.plan is None or info is None or info.calibration is None:
+        return None
+    return LoggedCalibration(model.sha256, info.method, info.percentile, info.calibration,
+                             _eval_spec(options), dict(info.sensitivity),
+                             plan_to_json(quantized.plan))
+
+
+def _eval_spec(options: QuantizeOptions) -> str:
+    return options.eval_data or options.calibration
 
 
 def _info(data: Dataset) -> DataInfo:
