@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     factories["pytorch-eager"] = lambda: (lambda: module(inp), lambda: module(inp).numpy())
     for artifact in artifacts:
         manifest = read_manifest(artifact)
-        name = (f"tvm {manifest.device.name} ({manifest.tuning.trials} trials, "
+        name = (f"tvm {manifest.device.name} {manifest.variant} ({manifest.tuning.trials} trials, "
                 f"{manifest.device.target['mcpu']})")
         factories[name] = functools.partial(tvm_runner, artifact, x)
     if args.only is not None:  # this runtime alone: no other runtime's threads in the process
