@@ -25,6 +25,7 @@ def _unfold_moment(x: np.ndarray, geometry: Geometry, channels: int) -> np.ndarr
     Geometry("conv", (3, 3), (2, 2), (0, 0, 1, 1), (1, 1)),  # TensorFlow's SAME at stride 2
     Geometry("conv", (3, 2), (1, 2), (1, 2, 0, 1), (2, 1)),
     Geometry("depthwise", (5, 5), (2, 2), (1, 1, 2, 2), (1, 1)),
+    Geometry("depthwise", (3, 3), (1, 1), (2, 1, 2, 1), (2, 1)),
     Geometry("pointwise"),
 ])
 def test_patch_moments_match_pytorch_unfold(geometry):

@@ -45,21 +45,26 @@ def patch_moment(value: np.ndarray, geometry: Geometry) -> np.ndarray:
     if geometry.kind == "pointwise":
         columns = image.reshape(image.shape[0], -1)
         return columns @ columns.T
-    patches = _patches(image, geometry)  # (C, P, kh*kw)
+    # Each tap's view copied into one contiguous (C, kh*kw, P) array: a batched matmul of it
+    # takes a third to a half of the time of one over sliding-window patches.
+    taps = _taps(image, geometry)
+    taps = np.stack(taps, axis=1).reshape(image.shape[0], len(taps), -1)
     if geometry.kind == "depthwise":
-        return np.matmul(patches.transpose(0, 2, 1), patches)
-    flat = patches.transpose(1, 0, 2).reshape(patches.shape[1], -1)  # (P, C*kh*kw)
-    return flat.T @ flat
+        return np.matmul(taps, taps.transpose(0, 2, 1))
+    patches = taps.reshape(-1, taps.shape[-1])  # (C*kh*kw, P)
+    return patches @ patches.T
 
 
-def _patches(image: np.ndarray, geometry: Geometry) -> np.ndarray:
+def _taps(image: np.ndarray, geometry: Geometry) -> list[np.ndarray]:
+    """What each kernel tap reads, (C, Ho, Wo) per tap, taps in (kh, kw) row-major order."""
     top, left, bottom, right = geometry.padding
     padded = np.pad(image, ((0, 0), (top, bottom), (left, right)))
     (kh, kw), (dh, dw), (sh, sw) = geometry.kernel, geometry.dilation, geometry.strides
-    windows = np.lib.stride_tricks.sliding_window_view(
-        padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
-    windows = windows[:, ::sh, ::sw, ::dh, ::dw]  # (C, Ho, Wo, kh, kw)
-    return windows.reshape(image.shape[0], -1, kh * kw)
+    rows = (padded.shape[1] - (kh - 1) * dh - 1) // sh + 1
+    cols = (padded.shape[2] - (kw - 1) * dw - 1) // sw + 1
+    return [padded[:, i * dh:i * dh + (rows - 1) * sh + 1:sh,
+                   j * dw:j * dw + (cols - 1) * sw + 1:sw]
+            for i in range(kh) for j in range(kw)]
 
 
 def columns(geometry: Geometry, weight_shape: tuple[int, ...]) -> int:
