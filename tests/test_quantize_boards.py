@@ -48,9 +48,12 @@ def test_arm_a53_int8_artifact_runs_on_a_modeled_board(tmp_path, tiny_model):
     assert check.max_abs_error < 0.02 * 10 and check.top1_matches_framework
     assert manifest.tuning.trials >= 8
     code = _disassembly(result.artifact / LIB_NAME)
-    # NEON widening 8-bit multiplies (no sdot/udot on a Cortex-A53): the int8 arithmetic.
+    # NEON widening 8-bit multiplies (no sdot/udot on a Cortex-A53): the int8 arithmetic; the
+    # 1x1 convolutions' pairs of int16 products added into int32 lanes are our intrinsic's.
     widening = re.findall(r"\b[su]mlal2?\b|\b[su]mull2?\b", code)
     assert len(widening) > 20, "no 8-bit widening multiplies in the aarch64 library"
+    assert re.search(r"\bsmlal\s+v\d+\.8h, v\d+\.8b", code)
+    assert re.search(r"\bsadalp\s+v\d+\.4s, v\d+\.8h", code)
     assert not re.search(r"\b[su]dot\b", code)
 
 

@@ -12,8 +12,8 @@ from pipeline.artifact.tuning_logs import logged_quantization
 from pipeline.base.devices import load_device
 from pipeline.base.variant import Variant
 from pipeline.compile.host import compile_for_host
+from pipeline.compile.packing import pack_weights
 from pipeline.compile.x86.intrinsic import AVX2, VNNI, dot_product_for
-from pipeline.compile.x86.packing import pack_weights
 from pipeline.frontend.importer import import_model
 from pipeline.job.build_job import JobSpec, run_job
 from pipeline.quantization.plan import Int8Plan, Layer, TensorRange, plan_from_json

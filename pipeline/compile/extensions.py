@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.compile.x86 import intrinsic, packing, space
+from pipeline.compile import dot_product, packing, space
+from pipeline.compile.aarch64 import intrinsic as aarch64
+from pipeline.compile.x86 import intrinsic as x86
 
 
 @dataclass(frozen=True)
@@ -29,19 +31,24 @@ def _generic_space():
                                              mutator_probs="llvm")
 
 
-def _x86(dot: intrinsic.DotProduct, name: str) -> Extensions:
-    return Extensions(name, lambda: [packing.pack_for(dot)], lambda: space.space_generator(dot),
-                      lambda: intrinsic.register_intrinsics(dot))
+def _packed(dot: dot_product.DotProduct, name: str, depthwise_in_float: bool) -> Extensions:
+    return Extensions(name, lambda: [packing.pack_for(dot, depthwise_in_float)],
+                      lambda: space.space_generator(dot),
+                      lambda: dot_product.register_intrinsics(dot))
 
 
 GENERIC = Extensions("generic LLVM CPU", list, _generic_space, lambda: None)
-X86_VNNI = _x86(intrinsic.VNNI, "x86 AVX-512 VNNI int8")
-X86_AVX2 = _x86(intrinsic.AVX2, "x86 AVX2 int8 (vpmaddwd)")
+X86_VNNI = _packed(x86.VNNI, "x86 AVX-512 VNNI int8", depthwise_in_float=True)
+X86_AVX2 = _packed(x86.AVX2, "x86 AVX2 int8 (vpmaddwd)", depthwise_in_float=True)
+# Depthwise layers stay in integers on NEON: LLVM's widening multiply-adds into int32 lanes do
+# as many products per instruction as fmla does in float32, with no conversions.
+AARCH64_NEON = _packed(aarch64.NEON, "aarch64 NEON int8 (smull/smlal/sadalp)",
+                       depthwise_in_float=False)
 
 
 def extensions_for(target) -> Extensions:
-    """int8 layers packed and tensorized for VNNI, or AVX2's vpmaddwd, on CPUs that have them;
-    elsewhere MetaSchedule's generic LLVM rules (its own x86 VNNI rules never tensorized our
-    HWIO int8 layers)."""
-    dot = intrinsic.dot_product_for(target)
-    return {intrinsic.VNNI: X86_VNNI, intrinsic.AVX2: X86_AVX2}.get(dot, GENERIC)
+    """int8 layers packed and tensorized for VNNI, AVX2's vpmaddwd or NEON's widening
+    multiplies, on CPUs that have them; elsewhere MetaSchedule's generic LLVM rules (its own x86
+    VNNI rules never tensorized our HWIO int8 layers)."""
+    dot = x86.dot_product_for(target) or aarch64.dot_product_for(target)
+    return {x86.VNNI: X86_VNNI, x86.AVX2: X86_AVX2, aarch64.NEON: AARCH64_NEON}.get(dot, GENERIC)

@@ -42,6 +42,9 @@ def lower_with_layout(mod, target, nhwc: bool = True) -> tuple[object, LayoutRep
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.get_pipeline("zero"),
+            # A reshape left on its own (the (K/2, 2) data runs of aarch64's packed layers after
+            # a kernel FuseOps cannot extend) is a view, not a copy kernel to tune.
+            relax.transform.RewriteDataflowReshape(),
             relax.transform.AttachAttrLayoutFreeBuffers(),
         ])(mod), layout
 

@@ -34,8 +34,8 @@ from pipeline.artifact.tuning_logs import (
     repair,
 )
 from pipeline.base.devices import DeviceConfig
+from pipeline.compile import tuning
 from pipeline.compile.extensions import extensions_for
-from pipeline.compile.tuning import board_runner, build_candidate, export_shared, tunable_tasks
 from pipeline.farm.boards import board_info
 from pipeline.farm.tracker import TrackerAddress, wait_for_boards
 
@@ -97,7 +97,7 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     for line in repair(folder).dropped:  # a crash may have cut the last record short
         log.warning("moved a corrupt tuning record aside: %s", line)
     database = open_database(folder)
-    tasks = [t for t in tunable_tasks(lowered_mod, target)
+    tasks = [t for t in tuning.tunable_tasks(lowered_mod, target)
              if not has_valid_records(database, t.dispatched[0])]
     if not tasks:
         return TransferResult((), 0)
@@ -113,12 +113,12 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     pending = [(task, found) for task in tasks if (found := _candidates(task, space, index))]
     boards = wait_for_boards(tracker, device.rpc_key)
     board = board_info(tracker, device.rpc_key)
-    runner = board_runner(device, tracker, boards, board.emulated, bool(board.modeled))
+    runner = tuning.board_runner(device, tracker, boards, board.emulated, bool(board.modeled))
     kernels, measured = [], 0
-    with tempfile.TemporaryDirectory(prefix="transfer-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="transfer-") as scratch, tuning.stopped_on_exit(runner):
         builder = ms.builder.LocalBuilder(
-            f_build=build_candidate,
-            f_export=functools.partial(export_shared, compiler=device.compiler(),
+            f_build=tuning.build_candidate,
+            f_export=functools.partial(tuning.export_shared, compiler=device.compiler(),
                                        scratch=scratch),
             timeout_sec=120 if board.emulated else 30)
         for batch in _batches(pending):

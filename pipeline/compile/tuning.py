@@ -139,8 +139,9 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     if seed is not None:
         search_database, seeds = seeded_database(database, seed)
         log.info(f"warm start: the search begins from {seeds} valid records in {seed}")
+    runner = board_runner(device, tracker, boards, emulated, bool(board.modeled))
     with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress), \
-            _tracker_watched(tracker, folder):
+            _tracker_watched(tracker, folder), stopped_on_exit(runner):
         try:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
@@ -154,8 +155,7 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
                     f_export=functools.partial(export_shared, compiler=device.compiler(),
                                                scratch=str(candidates)),
                     timeout_sec=120 if emulated else 30),
-                runner=board_runner(device, tracker, boards, emulated, bool(board.modeled)),
-                database=search_database, cost_model="xgb",
+                runner=runner, database=search_database, cost_model="xgb",
                 # Round-robin joins every finished batch before picking the next task, so each
                 # measured trial reaches the logs at once; the gradient scheduler holds the whole
                 # first round (hundreds of trials) in memory. With the budget at tasks x per-task
@@ -296,6 +296,16 @@ def _history(database, task) -> tuple[int, float | None]:
         return 0, None
     best = min(sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in records)
     return len(records), best
+
+
+@contextlib.contextmanager
+def stopped_on_exit(runner):
+    """The runner's worker processes killed on the way out, however it is left: a worker busy
+    with a board would otherwise outlive the job (re-parented, retrying a tracker that is gone)."""
+    try:
+        yield runner
+    finally:
+        runner.pool.shutdown(wait=False)
 
 
 def board_runner(device: DeviceConfig, tracker: TrackerAddress, boards: int, emulated: bool,

@@ -11,7 +11,7 @@ rewrite is ours, on the imported Relax module (NCHW, batch-norm folded, weights 
   (pipeline.quantization.rounding); the choice is recorded with the ranges.
 - Activations: one scale per tensor (per channel for depthwise inputs), stored as the target's
   policy says (pipeline.quantization.policy): uint8 for ReLU outputs, int8 otherwise, or
-  uint8 with zero point 128 for signed pointwise inputs where the instruction wants it.
+  with a zero point of +-128 at pointwise inputs where the instruction wants the other type.
 - The float epilogue (scale, bias, ReLU6, residual add) and the next layer's q(x) fuse into the
   int8 kernel (FuseOps), so requantization costs no extra pass over memory.
 
@@ -112,11 +112,13 @@ def _int8_call(builder, call, layer: Layer, tensor_range: TensorRange,
     w = weight.value.numpy()
     is_conv = op_name(call) == "relax.nn.conv2d"
     w_scale, w_int8 = quantize_weight(w, channel_axis(call), offsets)
-    levels, dtype = (255, "uint8") if layer.unsigned else (127, "int8")
+    levels = 255 if layer.unsigned else 127
     x_scale, inverse = _activation_scale(tensor_range, levels, data.ty.ndim)
-    offset = policy.zero_point(layer.unsigned, is_pointwise(call))
+    pointwise = is_pointwise(call)
+    offset = policy.zero_point(layer.unsigned, pointwise)
     low = 0 if layer.unsigned else -levels
-    q = _quantize(data, inverse, low, levels, "uint8" if offset else dtype, offset)
+    q = _quantize(data, inverse, low, levels, policy.stored_dtype(layer.unsigned, pointwise),
+                  offset)
     acc = builder.emit(_same_op(call, q, relax.const(w_int8), "int32"))
     scale = (w_scale.reshape(-1) * x_scale).reshape((1, -1, 1, 1) if is_conv else (1, -1))
     # One scale and one shift per output channel, whatever the corrections: the constants

@@ -22,63 +22,19 @@ postprocessor that unrolls such loops instead (pipeline.compile.x86.space)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class DotProduct:
-    """One instruction's dot product: `lanes` int32 outputs, each summing `group` products of a
-    data element (one of `data_dtypes`) and a weight stored as `weight_dtype`."""
-    name: str
-    lanes: int
-    group: int
-    weight_dtype: str
-    data_dtypes: tuple[str, ...]
-
-    def kernel(self, kind: str, data_dtype: str) -> str:
-        """The name of a packed layer's kernel (part of its tuning workload)."""
-        return f"{kind}_{_SHORT[data_dtype]}{_SHORT[self.weight_dtype]}"
-
-    def intrinsic(self, data_dtype: str) -> str:
-        """The name tuning records refer to it by."""
-        return f"edge_{self.name}_{self.kernel('', data_dtype)[1:]}i32_{self.lanes}x{self.group}"
-
-    @property
-    def intrinsics(self) -> tuple[str, ...]:
-        return tuple(self.intrinsic(dtype) for dtype in self.data_dtypes)
-
-
-_SHORT = {"uint8": "u8", "int8": "i8", "int16": "i16"}
-VNNI = DotProduct("vnni", lanes=16, group=4, weight_dtype="int8", data_dtypes=("uint8",))
-AVX2 = DotProduct("avx2", lanes=8, group=2, weight_dtype="int16", data_dtypes=("uint8", "int8"))
-
-
-def _has(target, feature: str) -> bool:
-    from tvm.target import codegen
-
-    return str(target.kind.name) == "llvm" and bool(codegen.target_has_features(feature, target))
+from pipeline.compile.dot_product import DotProduct, has_feature
 
 
 def has_vnni(target) -> bool:
-    return _has(target, "avx512vnni")
+    return has_feature(target, "avx512vnni")
 
 
 def dot_product_for(target) -> DotProduct | None:
     if has_vnni(target):
         return VNNI
-    if _has(target, "avx2"):
+    if has_feature(target, "avx2"):
         return AVX2
     return None
-
-
-def register_intrinsics(dot: DotProduct) -> None:
-    """Register `dot`'s intrinsics once per process (tuning replays them, building too)."""
-    from tvm.s_tir import TensorIntrin
-
-    for dtype in dot.data_dtypes:
-        if TensorIntrin.get(dot.intrinsic(dtype), allow_missing=True) is None:
-            make = _vnni_functions if dot is VNNI else _avx2_functions
-            TensorIntrin.register(dot.intrinsic(dtype), *make(dtype))
 
 
 # Defined here, not imported from tvm.s_tir.tensor_intrin: importing that package parses every
@@ -147,3 +103,9 @@ def _avx2_functions(data_dtype: str):
                 dtype="int32x8")
 
     return _description(AVX2, data_dtype), impl
+
+
+VNNI = DotProduct("vnni", lanes=16, group=4, weight_dtype="int8", data_dtypes=("uint8",),
+                  functions=_vnni_functions)
+AVX2 = DotProduct("avx2", lanes=8, group=2, weight_dtype="int16", data_dtypes=("uint8", "int8"),
+                  functions=_avx2_functions)

@@ -1,19 +1,21 @@
-"""int8 layers rewritten for an x86 dot product (pipeline.compile.x86.intrinsic): 1x1
-convolutions and matmuls read their weights packed as [N/lanes][K/group][lanes][group] (what the
-instruction multiplies), and depthwise ones sum their 8-bit products exactly in float32 lanes."""
+"""int8 layers rewritten for a CPU's dot product (pipeline.compile.dot_product): 1x1
+convolutions and matmuls read their weights packed as [N/lanes][K/pair][lanes][pair] (what the
+instruction multiplies), and, where asked (x86), depthwise ones sum their 8-bit products exactly
+in float32 lanes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.compile.x86.intrinsic import DotProduct
+from pipeline.compile.dot_product import DotProduct
 
 
-def pack_for(dot: DotProduct):
+def pack_for(dot: DotProduct, depthwise_in_float: bool):
     """Relax pass (NHWC/HWIO, weights folded to constants): 8-bit x int8 1x1 convolutions and
     matmuls whose data type `dot` multiplies become kernels that read their weights packed for
-    it, which MetaSchedule can tensorize with its intrinsic; 8-bit depthwise convolutions sum in
-    float32 lanes (see `_depthwise_call`). Other layers are left alone."""
+    it, which MetaSchedule can tensorize with its intrinsic; with `depthwise_in_float`, 8-bit
+    depthwise convolutions sum in float32 lanes (see `_depthwise_call`). Other layers are left
+    alone."""
     import tvm
     from tvm import relax
 
@@ -29,7 +31,7 @@ def pack_for(dot: DotProduct):
             if call.op.same_as(matmul) and _packable_matmul(call, dot):
                 return _packed_call(self.builder_, call.args[0], call.args[1].value.numpy(),
                                     dot, "matmul")
-            if call.op.same_as(conv2d) and _depthwise_8bit(call):
+            if depthwise_in_float and call.op.same_as(conv2d) and _depthwise_8bit(call):
                 return _depthwise_call(self.builder_, call)
             return call
 
@@ -66,40 +68,58 @@ def _packable_matmul(call, dot: DotProduct) -> bool:
 
 
 def pack_weights(weight: np.ndarray, dot: DotProduct) -> np.ndarray:
-    """(K, N) -> (ceil(N/lanes), K/group, lanes, group) of dot's weight type, zero-padded
+    """(K, N) -> (ceil(N/lanes), K/pair, lanes, pair) of dot's weight type, zero-padded
     outputs."""
     k, n = weight.shape
-    lanes = dot.lanes
+    lanes, pair = dot.lanes, dot.packed_group
     padded = np.zeros((k, -(-n // lanes) * lanes), dot.weight_dtype)
     padded[:, :n] = weight
-    return np.ascontiguousarray(
-        padded.reshape(k // dot.group, dot.group, -1, lanes).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(padded.reshape(k // pair, pair, -1, lanes).transpose(2, 0, 3, 1))
 
 
 def _packed_call(builder, data, weight: np.ndarray, dot: DotProduct, kind: str):
     """data (..., K) x weight (K, N) -> (..., N) int32 with packed weights; padded outputs
-    are sliced off outside the kernel."""
+    are sliced off outside the kernel. Where the instruction reads its inputs in runs of `pair`
+    (`dot.pair`), the data comes in as (..., K/pair, pair) and the sum runs over both axes:
+    MetaSchedule's auto-tensorization matches an intrinsic only where every index of its
+    description is one loop variable."""
     from tvm import relax, te
 
     packed = pack_weights(weight, dot)
     k_total, n = weight.shape
-    lanes, group = dot.lanes, dot.group
+    lanes, pair = dot.lanes, dot.packed_group
     name = dot.kernel(kind, str(data.ty.dtype))
+    outputs = packed.shape[0] * lanes
 
     def compute(x, wp):
         k = te.reduce_axis((0, k_total), name="k")
         return te.compute(
-            (*x.shape[:-1], packed.shape[0] * lanes),
+            (*x.shape[:-1], outputs),
             lambda *i: te.sum(
                 x[(*i[:-1], k)].astype("int32")
-                * wp[i[-1] // lanes, k // group, i[-1] % lanes, k % group].astype("int32"),
+                * wp[i[-1] // lanes, k // pair, i[-1] % lanes, k % pair].astype("int32"),
                 axis=k),
             name=name)
 
+    def compute_in_pairs(x, wp):
+        runs = te.reduce_axis((0, k_total // pair), name="k")
+        within = te.reduce_axis((0, pair), name="kp")
+        return te.compute(
+            (*x.shape[:-2], outputs),
+            lambda *i: te.sum(
+                x[(*i[:-1], runs, within)].astype("int32")
+                * wp[i[-1] // lanes, runs, i[-1] % lanes, within].astype("int32"),
+                axis=[runs, within]),
+            name=name)
+
+    if dot.pair:
+        leading = [int(d) for d in data.ty.shape][:-1]
+        data = builder.emit(relax.op.reshape(data, (*leading, k_total // pair, pair)))
+        compute = compute_in_pairs
     out = builder.emit_te(compute, data, relax.const(packed), primfunc_name_hint=name)
-    if packed.shape[0] * lanes == n:
+    if outputs == n:
         return out
-    axis = data.ty.ndim - 1
+    axis = out.ty.ndim - 1
     return relax.op.strided_slice(out, axes=[axis], begin=[0], end=[n])
 
 

@@ -1,13 +1,14 @@
-"""MetaSchedule's x86 rules with our dot-product intrinsics, and the postprocessor that unrolls
-a vectorized loop over a tensorized block instead (see pipeline.compile.x86.intrinsic)."""
+"""MetaSchedule's CPU rules with our dot-product intrinsics, and the postprocessor that unrolls
+a vectorized loop over a tensorized block instead (why: pipeline.compile.x86.intrinsic)."""
 
 from __future__ import annotations
 
-from pipeline.compile.x86.intrinsic import DotProduct
+from pipeline.compile.dot_product import DotProduct
 
 
 def space_generator(dot: DotProduct):
-    """MetaSchedule's x86 default, with `dot`'s intrinsics and our postprocessor."""
+    """MetaSchedule's x86 default rules (generic for any LLVM CPU), with `dot`'s intrinsics and
+    our postprocessor."""
     from tvm.s_tir import meta_schedule as ms
 
     rule, post = ms.schedule_rule, ms.postproc
