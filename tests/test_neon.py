@@ -16,6 +16,7 @@ from pipeline.quantization.policy import NEON as NEON_POLICY
 from pipeline.quantization.policy import SIGNED, policy_for
 from pipeline.quantization.rewrite import apply_int8
 from pipeline.quantization.weights import quantize_weight
+from tests.pointwise import one_pointwise_layer
 
 
 def test_packed_weights_hold_each_run_of_two_inputs_for_four_outputs_in_eight_bytes():
@@ -47,36 +48,13 @@ def test_an_aarch64_target_without_neon_gets_the_generic_rules():
     assert extensions_for(target) is GENERIC and policy_for(target) is SIGNED
 
 
-def _pointwise_after_relu(op: str, channels: int = 12):
-    """relu(x) -> a 1x1 convolution (or a matmul) with random weights: a float Relax module
-    whose layer's input is non-negative by construction."""
-    from tvm import relax
-
-    rng = np.random.default_rng(1)
-    builder = relax.BlockBuilder()
-    if op == "conv2d":
-        x = relax.Var("x", relax.TensorType((1, channels, 5, 5), "float32"))
-        weight = rng.standard_normal((20, channels, 1, 1)).astype("float32")
-    else:
-        x = relax.Var("x", relax.TensorType((1, channels), "float32"))
-        weight = rng.standard_normal((channels, 20)).astype("float32")
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            relu = builder.emit(relax.op.nn.relu(x))
-            call = (relax.op.nn.conv2d(relu, relax.const(weight)) if op == "conv2d"
-                    else relax.op.matmul(relu, relax.const(weight)))
-            out = builder.emit_output(call)
-        builder.emit_func_output(out)
-    return builder.get(), weight, x.ty.shape
-
-
 @pytest.mark.parametrize("op", ["conv2d", "matmul"])
 def test_unsigned_input_of_a_pointwise_layer_stored_as_int8_minus_128_computes_exactly(op):
     """A ReLU output (0..255) at a 1x1 convolution or matmul is stored as int8 = uint8 - 128
     (-128..127); 128 x the weight sums come back in the float shift: the same result as
     uint8 x int8, up to float rounding. With weights in [-127, 127], two products sum to at most
     2 x 128 x 127 = 32512 in magnitude: the int16 pairs NEON's smlal forms never wrap."""
-    mod, weight, shape = _pointwise_after_relu(op)
+    mod, weight, shape = one_pointwise_layer(op, after_relu=True)
     rng = np.random.default_rng(2)
     x = rng.standard_normal([int(d) for d in shape]).astype("float32")
     x.reshape(-1)[:3] = [0.0, 10.0, 2.5]  # both ends of the grid, and past its top

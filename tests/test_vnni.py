@@ -22,6 +22,7 @@ from pipeline.quantization.policy import policy_for
 from pipeline.quantization.rewrite import apply_int8
 from pipeline.quantization.stage import QuantizeOptions
 from pipeline.quantization.weights import quantize_weight
+from tests.pointwise import one_pointwise_layer
 
 
 def test_packed_weights_hold_16_outputs_by_4_inputs_contiguous():
@@ -52,32 +53,11 @@ def test_each_class_gets_the_dot_product_its_instructions_have(device, dot):
     assert dot_product_for(load_device(device).tvm_target()) is dot
 
 
-def _one_layer(op: str, channels: int = 12):
-    """x -> a 1x1 convolution (or a matmul) with random weights: a float Relax module."""
-    from tvm import relax
-
-    rng = np.random.default_rng(1)
-    builder = relax.BlockBuilder()
-    if op == "conv2d":
-        x = relax.Var("x", relax.TensorType((1, channels, 5, 5), "float32"))
-        weight = rng.standard_normal((20, channels, 1, 1)).astype("float32")
-    else:
-        x = relax.Var("x", relax.TensorType((1, channels), "float32"))
-        weight = rng.standard_normal((channels, 20)).astype("float32")
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            call = (relax.op.nn.conv2d(x, relax.const(weight)) if op == "conv2d"
-                    else relax.op.matmul(x, relax.const(weight)))
-            out = builder.emit_output(call)
-        builder.emit_func_output(out)
-    return builder.get(), weight, x.ty.shape
-
-
 @pytest.mark.parametrize("op", ["conv2d", "matmul"])
 def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op):
     """Stored as uint8 + 128, minus 128 x the weight sums (folded into the float shift): the
     same result as int8 x int8, up to float rounding."""
-    mod, weight, shape = _one_layer(op)
+    mod, weight, shape = one_pointwise_layer(op)
     x = np.random.default_rng(2).standard_normal([int(d) for d in shape]).astype("float32")
     threshold = 2.5
     plan = Int8Plan(layers=(Layer(f"{op}_0", 0, unsigned=False),),
