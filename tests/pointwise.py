@@ -24,3 +24,18 @@ def one_pointwise_layer(op: str, after_relu: bool = False, channels: int = 12):
             out = builder.emit_output(call)
         builder.emit_func_output(out)
     return builder.get(), weight, x.ty.shape
+
+
+def int8_reference(op: str, q: np.ndarray, weight: np.ndarray, x_scale: np.float32):
+    """What the int8 layer computes, in numpy: integer sums of `q` (the input on its grid) and
+    the per-channel int8 weights, rescaled to float32. Also the int8 weights, for checks."""
+    from pipeline.quantization.weights import quantize_weight
+
+    w_scale, w_int8 = quantize_weight(weight, 0 if op == "conv2d" else 1)
+    if op == "conv2d":
+        acc = np.einsum("nchw,oc->nohw", q, w_int8[:, :, 0, 0].astype(np.int64))
+        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
+    else:
+        acc = q @ w_int8.astype(np.int64)
+        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
+    return acc.astype(np.float32) * scale.astype(np.float32), w_int8

@@ -15,8 +15,7 @@ from pipeline.quantization.plan import Int8Plan, Layer, TensorRange
 from pipeline.quantization.policy import NEON as NEON_POLICY
 from pipeline.quantization.policy import SIGNED, policy_for
 from pipeline.quantization.rewrite import apply_int8
-from pipeline.quantization.weights import quantize_weight
-from tests.pointwise import one_pointwise_layer
+from tests.pointwise import int8_reference, one_pointwise_layer
 
 
 def test_packed_weights_hold_each_run_of_two_inputs_for_four_outputs_in_eight_bytes():
@@ -68,16 +67,8 @@ def test_unsigned_input_of_a_pointwise_layer_stored_as_int8_minus_128_computes_e
 
     x_scale = np.float32(threshold / 255)
     q = np.clip(np.round(np.maximum(x, 0) * (np.float32(1) / x_scale)), 0, 255).astype(np.int64)
-    axis = 0 if op == "conv2d" else 1
-    w_scale, w_int8 = quantize_weight(weight, axis)
+    expected, w_int8 = int8_reference(op, q, weight, x_scale)
     assert np.abs(w_int8).max() <= 127
     stored = q - 128
     assert stored.min() == -128 and stored.max() == 127
-    if op == "conv2d":
-        acc = np.einsum("nchw,oc->nohw", q, w_int8[:, :, 0, 0].astype(np.int64))
-        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
-    else:
-        acc = q @ w_int8.astype(np.int64)
-        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
-    expected = acc.astype(np.float32) * scale.astype(np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

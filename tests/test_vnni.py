@@ -21,8 +21,7 @@ from pipeline.quantization.policy import VNNI as VNNI_POLICY
 from pipeline.quantization.policy import policy_for
 from pipeline.quantization.rewrite import apply_int8
 from pipeline.quantization.stage import QuantizeOptions
-from pipeline.quantization.weights import quantize_weight
-from tests.pointwise import one_pointwise_layer
+from tests.pointwise import int8_reference, one_pointwise_layer
 
 
 def test_packed_weights_hold_16_outputs_by_4_inputs_contiguous():
@@ -70,15 +69,7 @@ def test_signed_input_of_a_pointwise_layer_computes_exactly_as_symmetric_int8(op
 
     x_scale = np.float32(threshold / 127)
     q = np.clip(np.round(x * (np.float32(1) / x_scale)), -127, 127).astype(np.int64)
-    axis = 0 if op == "conv2d" else 1
-    w_scale, w_int8 = quantize_weight(weight, axis)
-    if op == "conv2d":
-        acc = np.einsum("nchw,oc->nohw", q, w_int8[:, :, 0, 0].astype(np.int64))
-        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1, 1, 1)
-    else:
-        acc = q @ w_int8.astype(np.int64)
-        scale = (w_scale.reshape(-1) * x_scale).reshape(1, -1)
-    expected = acc.astype(np.float32) * scale.astype(np.float32)
+    expected, _ = int8_reference(op, q, weight, x_scale)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
