@@ -49,7 +49,7 @@ def test_tampered_library_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(schema_version=1), "v1 is not edge-tvm-pipeline/artifact v4"),
+    (lambda d: d.update(schema_version=1), "v1 is not edge-tvm-pipeline/artifact v5"),
     (lambda d: d.update(accuracy={"top1_agreement": 1.0}), "missing key 'eval_data' in Accuracy"),
     (lambda d: d.update(extra=1), r"unknown keys \['extra'\]"),
     (lambda d: d["model"].pop("sha256"), "missing key 'sha256' in ModelInfo"),

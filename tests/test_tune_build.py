@@ -90,6 +90,13 @@ def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
     # Timed with as many TVM threads as the class has cores (TVM's own default on x86 is half
     # the logical CPUs), and the manifest says how many.
     assert check.threads == os.cpu_count()
+    # The latency is the quietest block's, and the manifest says how it was taken.
+    assert f"blocks of 10 runs, back to back in one process after 10 warm-up runs, " \
+        f"{os.cpu_count()} threads" in check.measurement, check.measurement
+    medians = [float(m) for m in check.measurement.split("block medians ")[1][:-4].split("/")]
+    assert len(medians) in (3, 6)
+    assert check.latency_ms_median == pytest.approx(min(medians), abs=0.006)
+    assert check.latency_ms_median <= check.latency_ms_p90
     folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), tuned[0])
     assert (out / "tuning_logs" / RECORDS).read_bytes() == (folder / RECORDS).read_bytes()
     assert manifest.toolchain["apache-tvm"].startswith("0.27")

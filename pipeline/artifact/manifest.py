@@ -22,9 +22,9 @@ SCHEMA = "edge-tvm-pipeline/artifact"
 
 
 # 2: quantization and accuracy sections; 3: tuning.kernels; 4: accuracy on every evaluation set,
-# per-layer sensitivity
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)  # older ones read with what they lack left empty
+# per-layer sensitivity; 5: verification.measurement
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)  # older ones read with what they lack left empty
 
 
 LIB_NAME = "lib.so"
@@ -93,6 +93,8 @@ class Verification:
     # Why the comparison proves little (an output that is constant, or the same for every
     # input); None when the reference output varies.
     reference_degenerate: str | None = None
+    # How the latency was taken (runs, warm-up, blocks, threads), in words; None when not timed.
+    measurement: str | None = None
 
 
 @dataclass(frozen=True)

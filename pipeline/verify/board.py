@@ -67,9 +67,23 @@ def verification(run: BoardRun, reference: np.ndarray,
     top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
     timing = run.board.timing if run.times_ms else None
+    quietest = run.quietest_ms
     return Verification(
         board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
         top1_matches_framework=top1,
-        latency_ms_median=float(np.median(run.times_ms)) if timing else None,
-        latency_ms_p90=float(np.percentile(run.times_ms, 90)) if timing else None,
-        threads=run.board.threads, reference_degenerate=degenerate, timing=timing)
+        latency_ms_median=float(np.median(quietest)) if timing else None,
+        latency_ms_p90=float(np.percentile(quietest, 90)) if timing else None,
+        threads=run.board.threads, reference_degenerate=degenerate, timing=timing,
+        measurement=measurement(run) if timing else None)
+
+
+def measurement(run: BoardRun) -> str:
+    """How the latency was taken, in words, for the manifest."""
+    threads = f", {run.board.threads} threads" if run.board.threads else ""
+    if len(run.blocks_ms) == 1:
+        return (f"median of {len(run.blocks_ms[0])} runs after {run.warmup} warm-up "
+                f"run(s){threads}")
+    medians = "/".join(f"{np.median(block):.2f}" for block in run.blocks_ms)
+    return (f"median and p90 of the quietest of {len(run.blocks_ms)} blocks of "
+            f"{len(run.blocks_ms[0])} runs, back to back in one process after {run.warmup} "
+            f"warm-up runs{threads} (block medians {medians} ms)")
