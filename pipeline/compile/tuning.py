@@ -34,6 +34,7 @@ from pipeline.base.errors import EXIT_USER_ERROR, UserError
 from pipeline.base.paths import BUILD_ROOT
 from pipeline.compile.extensions import extensions_for
 from pipeline.compile.progress import STOP_TUNING, Progress
+from pipeline.compile.scheduling import KernelState, gain_first, priority
 from pipeline.farm.boards import board_info
 from pipeline.farm.processes import kill_descendants
 from pipeline.farm.tracker import TrackerAddress, tracker_summary, wait_for_boards
@@ -97,17 +98,15 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     database = open_database(folder)
     per_task = device.tuning.trials_per_task
     history = {t.task_name: _history(database, t) for t in extracted}
-    done = {name: count for name, (count, _) in history.items()}
-    # Round-robin visits tasks in this order: kernels with no records first, then those the
-    # model spends most time in (best latency x occurrences), so a resumed run's budget goes
-    # where it shortens the model most.
-    todo = sorted((t for t in extracted if done[t.task_name] < per_task),
-                  key=lambda t: (done[t.task_name] > 0,
-                                 -t.weight * (history[t.task_name][1] or 0.0)))
+    batch = min(32, per_task)
+    states = {t.task_name: KernelState(float(t.weight), count, best)
+              for t, (count, best) in zip(extracted, history.values(), strict=True)}
+    todo = sorted(extracted, key=lambda t: priority(states[t.task_name], per_task, batch))
+    first_round = sum(states[t.task_name].trials < per_task for t in extracted)
     remaining = trials - before
     progress = Progress(extracted, before, trials, folder)
     progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
-    if remaining <= 0 or not todo:
+    if remaining <= 0:
         estimate = progress.estimate_ms()
         log.info(f"tuning: budget met ({before} trials in {folder}, budget {trials}); nothing "
                  f"to tune" + (f"; estimated model latency {estimate:.2f} ms" if estimate else ""))
@@ -122,9 +121,10 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     elif emulated:
         log.info(f"the '{device.rpc_key}' boards are emulated: candidates are checked there, "
                  f"but their timings are not performance figures")
-    log.info(f"tuning {len(todo)} of {len(extracted)} tasks on {boards} '{device.rpc_key}' "
-             f"board(s) via {tracker}: {remaining} more trials (budget {trials}, {before} in the "
-             f"logs)")
+    log.info(f"tuning {len(extracted)} tasks on {boards} '{device.rpc_key}' board(s) via "
+             f"{tracker}: {remaining} more trials (budget {trials}, {before} in the logs); "
+             f"{first_round} kernels still need their first {per_task}, then each batch of "
+             f"{batch} goes to the kernel with the most model time to gain")
     work_dir = WORK_ROOT / folder.parent.name / folder.name
     # Candidate libraries of this run; a run killed outright leaves them to the next one.
     candidates = work_dir / "candidates"
@@ -145,22 +145,20 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
         try:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-                max_trials_global=remaining, max_trials_per_task=per_task,
+                max_trials_global=remaining, max_trials_per_task=remaining,
                 # Each batch costs seconds of evolutionary search whatever its size: 32
                 # amortizes that and still gives every task a second, cost-model-guided batch
                 # within 64 trials.
-                num_trials_per_iter=min(32, per_task),
+                num_trials_per_iter=batch,
                 builder=ms.builder.LocalBuilder(
                     f_build=build_candidate,
                     f_export=functools.partial(export_shared, compiler=device.compiler(),
                                                scratch=str(candidates)),
                     timeout_sec=120 if emulated else 30),
                 runner=runner, database=search_database, cost_model="xgb",
-                # Round-robin joins every finished batch before picking the next task, so each
-                # measured trial reaches the logs at once; the gradient scheduler holds the whole
-                # first round (hundreds of trials) in memory. With the budget at tasks x per-task
-                # cap, both allocate the same trials.
-                task_scheduler="round-robin",
+                # MetaSchedule's gradient scheduler would hold the whole first round (hundreds
+                # of trials) in memory before writing any.
+                task_scheduler=gain_first(states, progress.best, per_task, batch),
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                    progress.callback()],
             )
