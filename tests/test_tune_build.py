@@ -1,8 +1,10 @@
 """Tune a tiny model over a real loopback tracker + RPC server, build, verify, package, rebuild."""
 
+import dataclasses
 import json
 import logging
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,15 +19,19 @@ from pipeline.artifact.tuning_logs import (
     open_database,
     repair,
 )
+from pipeline.base.devices import Tuning
 from pipeline.base.errors import UserError
 from pipeline.base.variant import ArtifactKey, Variant
 from pipeline.compile.lowering import lower
-from pipeline.compile.tuning import tune
+from pipeline.compile.tuning import tunable_tasks, tune
 from pipeline.frontend.importer import import_model
 from pipeline.job.build_job import JobSpec, run_job
 from pipeline.job.rebuild_job import rebuild
 
-TRIALS = 16
+# tiny-cnn's 7 kernels get a first round of 2 trials each, then 4 go past it: where, the
+# scheduler decides (pipeline/compile/scheduling.py).
+KERNELS, FIRST_ROUND, PAST_IT = 7, 2, 4
+TRIALS = KERNELS * FIRST_ROUND + PAST_IT
 
 
 class _Unnamed(logging.Handler):
@@ -41,7 +47,7 @@ class _Unnamed(logging.Handler):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, host_device, tiny_model, host_farm):
-    """One real tuning run of tiny-cnn (16 trials) into a fresh log root, then the full job,
+    """One real tuning run of tiny-cnn (TRIALS) into a fresh log root, then the full job,
     with an unnamed handler of someone else's on MetaSchedule's logger (MetaSchedule's own
     logger set-up crashed on one)."""
     root = tmp_path_factory.mktemp("logs")
@@ -51,7 +57,8 @@ def tuned(tmp_path_factory, host_device, tiny_model, host_farm):
     metaschedule.addHandler(foreign)
     metaschedule.setLevel(logging.INFO)
     try:
-        result = run_job(JobSpec(host_device, tiny_model, TRIALS, host_farm, out, root))
+        device = dataclasses.replace(host_device, tuning=Tuning(TRIALS, FIRST_ROUND))
+        result = run_job(JobSpec(device, tiny_model, TRIALS, host_farm, out, root))
     finally:
         metaschedule.removeHandler(foreign)
         metaschedule.setLevel(level)
@@ -74,6 +81,26 @@ def test_tuning_writes_measured_records_for_the_host_target(tuned, host_device, 
     run_secs = [r[1][1] for r in records if r[1][1] and r[1][1][0] < 1e9]
     assert run_secs and all(0 < s[0] < 1 for s in run_secs)
     check_target(folder, host_device.target, "host")  # does not raise
+
+
+def test_trials_past_the_first_round_go_to_the_slowest_kernel(tuned, host_device, tiny_model):
+    lowered = lower(import_model(tiny_model).mod, host_device.tvm_target())
+    tasks = tunable_tasks(lowered, host_device.tvm_target())
+    # One occurrence each, so the slowest kernel is the one with the most model time to gain.
+    assert len(tasks) == KERNELS and {task.weight for task in tasks} == {1}
+    folder = log_dir(ArtifactKey("host", tiny_model.name, Variant.FP32), tuned[0])
+    records = [json.loads(line) for line in (folder / RECORDS).read_text().splitlines()]
+    trials, best = Counter(), {}
+    for workload, (_trace, run_secs, *_rest) in records:
+        if trials[workload] >= FIRST_ROUND:  # the first batch past the first round
+            break
+        trials[workload] += 1
+        if run_secs:
+            best[workload] = min(best.get(workload, 1e9), sum(run_secs) / len(run_secs))
+    else:
+        pytest.fail(f"no kernel got trials past its first round: {trials}")
+    assert sorted(trials.values()) == [FIRST_ROUND] * KERNELS, trials
+    assert workload == max(best, key=best.get), (workload, best)
 
 
 def test_artifact_is_verified_hashed_and_complete(tuned, tiny_model):
@@ -221,19 +248,22 @@ def test_a_torn_workload_line_renumbers_nothing(tuned, tmp_path):
     torn[victim] = torn[victim][: len(torn[victim]) // 3]
     (folder / WORKLOADS).write_text("\n".join(torn) + "\n")
 
+    kept = [line for line in records if json.loads(line)[0] != victim]
     report = repair(folder)
-    assert len(report.dropped) == 2, report.dropped
+    # The placeholder, then each record of the damaged workload (its own and the extra one).
+    assert len(report.dropped) == 1 + len(records) - len(kept) + 1, report.dropped
     assert f"{WORKLOADS}:{victim + 1}" in report.dropped[0]
     assert "replaced by a placeholder" in report.dropped[0]
-    assert f"points to workload {victim}, which was damaged" in report.dropped[1]
+    assert all(f"points to workload {victim}, which was damaged" in line
+               for line in report.dropped[1:])
     repaired = (folder / WORKLOADS).read_text().splitlines()
     assert len(repaired) == len(workloads)
     assert [w for i, w in enumerate(repaired) if i != victim] == \
         [w for i, w in enumerate(workloads) if i != victim]
-    assert (folder / RECORDS).read_text().splitlines() == records
+    assert (folder / RECORDS).read_text().splitlines() == kept
 
     database = open_database(folder)
-    assert len(database) == len(records)
+    assert len(database) == len(kept)
     out = te.compute((1,), lambda _: tvm.tirx.const(-1, "int32"), name="fresh")
     fresh = tvm.IRModule({"main": te.create_prim_func([out])})
     database.commit_tuning_record(ms.database.TuningRecord(
