@@ -115,7 +115,7 @@ for i in range(40):  # 10 warm-up runs, then 3 blocks of 10, as on the board
     start = time.perf_counter()
     vm.invoke_stateful("main")
     times.append((time.perf_counter() - start) * 1e3)
-print(min(statistics.median(times[i:i + 10]) for i in (10, 20, 30)))  # the quietest block
+print(min(statistics.median(times[b:b + 10]) for b in (10, 20, 30)))  # the quietest block
 """
 
 
