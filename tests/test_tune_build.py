@@ -41,7 +41,7 @@ class _Unnamed(logging.Handler):
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, host_device, tiny_model, host_farm):
-    """One real tuning run of tiny-cnn (TRIALS) into a fresh log root, then the full job,
+    """One real tuning run of tiny-cnn (16 trials) into a fresh log root, then the full job,
     with an unnamed handler of someone else's on MetaSchedule's logger (MetaSchedule's own
     logger set-up crashed on one)."""
     root = tmp_path_factory.mktemp("logs")

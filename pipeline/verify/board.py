@@ -66,7 +66,7 @@ def verification(run: BoardRun, reference: np.ndarray,
     error = float(np.max(np.abs(run.output.astype("float64") - reference.astype("float64"))))
     top1 = bool(np.array_equal(run.output.reshape(run.output.shape[0], -1).argmax(-1),
                                reference.reshape(reference.shape[0], -1).argmax(-1)))
-    timing = run.board.timing if run.times_ms else None
+    timing = run.board.timing if run.blocks_ms else None
     quietest = run.quietest_ms
     return Verification(
         board=run.board.name, emulated=run.board.emulated, max_abs_error=error,
