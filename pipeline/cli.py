@@ -88,7 +88,8 @@ def build_main(args: argparse.Namespace, trials: int | None) -> int:
         device = load_device(args.device)
         spec = JobSpec(device, load_model(args.model, args.input_shape), trials, tracker(args),
                        args.out, args.logs, quantize_options(args),
-                       retune=getattr(args, "retune", False), transfer=args.transfer)
+                       retune=getattr(args, "retune", False), transfer=args.transfer,
+                       trained_cost_model=getattr(args, "trained_cost_model", True))
         result = run_job(spec)
         if result is None:  # interrupted: the logs are on disk and the farm is down
             raise HardExit(EXIT_INTERRUPTED)

@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
                              "when a committed x86 class's logs would serve (by default host "
                              "without logs of its own uses those of the fastest x86 class this "
                              "CPU runs); the search starts from that class's best records")
+    parser.add_argument("--fresh-cost-model", dest="trained_cost_model", action="store_false",
+                        help="rank candidates with a fresh XGBoost model, which picks the "
+                             "first 100 at random (default: the model trained on the class's "
+                             "committed records, tuning_logs/<class>/cost_model/, where one is "
+                             "shipped)")
     parser.add_argument("--verbose", action="store_true", help="show MetaSchedule's own logs")
     args = parser.parse_args(argv)
     return build_main(args, trials=args.trials)

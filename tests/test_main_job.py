@@ -80,17 +80,17 @@ def test_efficientnet_lite0_artifact_from_committed_logs(device_name, tmp_path, 
         assert f"warm-up runs, {check.threads} threads" in check.measurement
         np.save(tmp_path / "x.npy", model.sample_input())
         lib = result.artifact / "lib.so"
-        board_ms, ratios = check.latency_ms_median, []
-        for _ in range(3):  # a shared machine has noisy moments: one agreeing pair of three
-            ratios.append(board_ms / _user_process_median_ms(lib, tmp_path / "x.npy",
-                                                             check.threads))
-            if 0.8 <= ratios[-1] <= 1.2:
+        # A shared machine has noisy spells, and noise only ever adds time: the least of a few
+        # back-to-back measurements on each side is what each gets when the machine is quiet.
+        boards, users = [check.latency_ms_median], []
+        for _ in range(4):
+            users.append(_user_process_median_ms(lib, tmp_path / "x.npy", check.threads))
+            ratio = min(boards) / min(users)
+            if 0.8 <= ratio <= 1.2:
                 break
-            # Board and user process again, back to back, under the same conditions.
-            board_ms = float(np.median(run_on_board(lib, farm.address, device.rpc_key,
-                                                    model.sample_input()).quietest_ms))
-        assert 0.8 <= ratios[-1] <= 1.2, (check.latency_ms_median, board_ms, ratios,
-                                          os.getloadavg())
+            boards.append(float(np.median(run_on_board(lib, farm.address, device.rpc_key,
+                                                       model.sample_input()).quietest_ms)))
+        assert 0.8 <= ratio <= 1.2, (boards, users, os.getloadavg())
     assert check_hashes(result.artifact, manifest) == []
     assert check.top1_matches_framework and check.max_abs_error < 1e-3
     assert manifest.tuning.tuned_kernels >= manifest.tuning.total_kernels * 0.8

@@ -58,11 +58,14 @@ def require_writable_folder(folder: Path, what: str, writable: bool = True) -> N
                         f"writable by this user. Choose another path or fix its permissions.")
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, content: str | bytes) -> None:
     """Write to a temporary sibling, then rename: readers see the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -52,3 +52,40 @@ def extensions_for(target) -> Extensions:
     VNNI rules never tensorized our HWIO int8 layers)."""
     dot = x86.dot_product_for(target) or aarch64.dot_product_for(target)
     return {x86.VNNI: X86_VNNI, x86.AVX2: X86_AVX2, aarch64.NEON: AARCH64_NEON}.get(dot, GENERIC)
+
+
+def tune_context(**kwargs):
+    """MetaSchedule's TuneContext, without the 30 s of GPU intrinsics it would import first."""
+    from tvm.s_tir import meta_schedule as ms
+
+    cpu_intrinsics_only()
+    return ms.TuneContext(**kwargs)
+
+
+INTRINSICS = "tvm.s_tir.tensor_intrin"
+
+
+def cpu_intrinsics_only() -> None:
+    """Make `import tvm.s_tir.tensor_intrin` (done by every TuneContext) import only the CPU
+    intrinsics: the package's own __init__ also parses every CUDA, ROCm and Hexagon intrinsic,
+    about 30 s of every tuning process. A stand-in package is put in its place, whose x86 and
+    arm_cpu modules (the ones MetaSchedule's own LLVM rules name) are imported as usual; our
+    spaces register their own (pipeline.compile.extensions)."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if INTRINSICS in sys.modules:
+        return
+    real = importlib.util.find_spec(INTRINSICS)
+    stand_in = types.ModuleType(INTRINSICS, "CPU tensor intrinsics only (pipeline.compile)")
+    stand_in.__path__ = list(real.submodule_search_locations)
+    stand_in.__spec__ = importlib.util.spec_from_loader(INTRINSICS, loader=None,
+                                                        is_package=True)
+    stand_in.__spec__.submodule_search_locations = stand_in.__path__
+    sys.modules[INTRINSICS] = stand_in
+    parent = importlib.import_module(INTRINSICS.rpartition(".")[0])
+    parent.tensor_intrin = stand_in
+    for cpu in ("x86", "arm_cpu"):
+        setattr(stand_in, cpu, importlib.import_module(f"{INTRINSICS}.{cpu}"))

@@ -35,7 +35,7 @@ from pipeline.artifact.tuning_logs import (
 )
 from pipeline.base.devices import DeviceConfig
 from pipeline.compile import tuning
-from pipeline.compile.extensions import extensions_for
+from pipeline.compile.extensions import extensions_for, tune_context
 from pipeline.farm.boards import board_info
 from pipeline.farm.tracker import TrackerAddress, wait_for_boards
 
@@ -106,9 +106,8 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
              "kind in %d other logs (%s)", len(tasks), len(sources),
              ", ".join(str(s.relative_to(log_root)) for s in sources))
     # One context for every kernel: its space generator and postprocessors depend on the target
-    # only, and a TuneContext costs tens of seconds the first time (it imports every tensor
-    # intrinsic TVM ships).
-    space = ms.TuneContext(mod=tasks[0].dispatched[0], target=target, task_name="transfer",
+    # only.
+    space = tune_context(mod=tasks[0].dispatched[0], target=target, task_name="transfer",
                            space_generator=extensions.space_generator()).space_generator
     pending = [(task, found) for task in tasks if (found := _candidates(task, space, index))]
     boards = wait_for_boards(tracker, device.rpc_key)

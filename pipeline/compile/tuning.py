@@ -32,7 +32,8 @@ from pipeline.base.background import every
 from pipeline.base.devices import DeviceConfig
 from pipeline.base.errors import EXIT_USER_ERROR, UserError
 from pipeline.base.paths import BUILD_ROOT
-from pipeline.compile.extensions import extensions_for
+from pipeline.compile.cost_model import TrainedCostModel, for_tuning
+from pipeline.compile.extensions import extensions_for, tune_context
 from pipeline.compile.progress import STOP_TUNING, Progress
 from pipeline.compile.scheduling import KernelState, gain_first, priority
 from pipeline.farm.boards import board_info
@@ -77,17 +78,20 @@ def export_shared(mod, compiler: str, scratch: str) -> str:
 
 
 def tune(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
-         tracker: TrackerAddress, seed: Path | None = None) -> TuneResult:
+         tracker: TrackerAddress, seed: Path | None = None,
+         cost_model: TrainedCostModel | None = None) -> TuneResult:
     """Tune the kernels of `lowered_mod` (pipeline.compile.lowering) on boards of `device`
     until the logs in `folder` hold `trials` records, appending each as it is measured; with
-    `seed`, the search starts from the best records of another folder's logs (read only). One
-    tuner at a time per folder: a second one is refused while the first holds the lock."""
+    `seed`, the search starts from the best records of another folder's logs (read only); with
+    `cost_model`, candidates are ranked by it from the first batch. One tuner at a time per
+    folder: a second one is refused while the first holds the lock."""
     with exclusive(folder):
-        return _tune_locked(lowered_mod, device, folder, trials, tracker, seed)
+        return _tune_locked(lowered_mod, device, folder, trials, tracker, seed, cost_model)
 
 
 def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
-                 tracker: TrackerAddress, seed: Path | None = None) -> TuneResult:
+                 tracker: TrackerAddress, seed: Path | None,
+                 cost_model: TrainedCostModel | None) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
 
     for line in repair(folder).dropped:
@@ -139,6 +143,8 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     if seed is not None:
         search_database, seeds = seeded_database(database, seed)
         log.info(f"warm start: the search begins from {seeds} valid records in {seed}")
+    if cost_model is not None:
+        log.info(f"cost model: starting from {cost_model}")
     runner = board_runner(device, tracker, boards, emulated, bool(board.modeled))
     with _graceful_ctrl_c(progress), _removed_after(candidates), _stopped_by(progress), \
             _tracker_watched(tracker, folder), stopped_on_exit(runner):
@@ -155,7 +161,8 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
                     f_export=functools.partial(export_shared, compiler=device.compiler(),
                                                scratch=str(candidates)),
                     timeout_sec=120 if emulated else 30),
-                runner=runner, database=search_database, cost_model="xgb",
+                runner=runner, database=search_database,
+                cost_model=for_tuning(cost_model) if cost_model else "xgb",
                 # MetaSchedule's gradient scheduler would hold the whole first round (hundreds
                 # of trials) in memory before writing any.
                 task_scheduler=gain_first(states, progress.best, per_task, batch),
@@ -257,11 +264,10 @@ def _tune_contexts(tasks, space, seed: int):
     them, but logging to a plain logger of ours: MetaSchedule's own set-up rebuilds its loggers
     with `logging.config.dictConfig` from the names of every handler already on them, and
     crashes on a handler it did not create (pytest's, or a user application's, unnamed ones)."""
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     logger = logging.getLogger(TASK_LOGGER)
-    contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target,
+    contexts = [tune_context(mod=task.dispatched[0], target=task.target,
                                space_generator=space, search_strategy="evolutionary",
                                task_name=task.task_name, logger=logger, rand_state=rand_state,
                                num_threads="physical").clone()

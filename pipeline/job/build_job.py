@@ -45,6 +45,7 @@ from pipeline.base.files import require_writable_folder, sha256_file
 from pipeline.base.paths import ARTIFACTS, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey, Variant
 from pipeline.compile.build import BuiltLibrary, build_library
+from pipeline.compile.cost_model import TrainedCostModel, is_current, shipped
 from pipeline.compile.lowering import lower
 from pipeline.compile.transfer import transfer, transfer_sources
 from pipeline.compile.tuning import tune
@@ -81,6 +82,9 @@ class JobSpec:
     # Kernels with no records borrow schedules of their kind from the class's other logs
     # (pipeline.compile.transfer), measured on the job's boards.
     transfer: bool = True
+    # Tuning ranks candidates with the cost model trained on the class's committed records
+    # (pipeline.compile.cost_model) where one is shipped; False: a fresh one, as MetaSchedule's.
+    trained_cost_model: bool = True
 
     @property
     def key(self) -> ArtifactKey:
@@ -116,7 +120,10 @@ def run_job(spec: JobSpec) -> JobResult | None:
             with exclusive(folder):  # into the logs: the search starts from them
                 _record_quantization(folder, model, quantized, options)
                 transfer(lowered, device, folder, sources, spec.log_root, address)
-            if tune(lowered, device, folder, trials, address, seed=source.seed).interrupted:
+            cost_model = (_cost_model_for(device, folder, spec.log_root)
+                          if spec.trained_cost_model else None)
+            if tune(lowered, device, folder, trials, address, seed=source.seed,
+                    cost_model=cost_model).interrupted:
                 return None
         log.info("building for %s with the logs in %s", device.name, folder)
         with tempfile.TemporaryDirectory(prefix="pipeline-build-") as scratch:
@@ -211,6 +218,21 @@ def logs_for(device: DeviceConfig, key: ArtifactKey, log_root: Path,
     log.info("%s: no tuning logs for %s of its own or of any x86 class this CPU runs",
              device.name, key.id)
     return LogSource(device, own)
+
+
+def _cost_model_for(device: DeviceConfig, folder: Path,
+                    log_root: Path) -> TrainedCostModel | None:
+    """The cost model shipped with the class whose logs these are, else with the first class
+    the kernels may transfer from (a detected host's x86 classes)."""
+    for class_dir in (folder.parent, *(log_root / name for name in _also_borrowed(device))):
+        model = shipped(class_dir)
+        if model is not None:
+            if not is_current(model, class_dir):
+                log.info("the cost model in %s was trained before its logs last changed; it "
+                         "still ranks candidates (python -m pipeline.nightly, or "
+                         "pipeline.compile.cost_model.train, retrains it)", model.path.parent)
+            return model
+    return None
 
 
 def _also_borrowed(device: DeviceConfig) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from pipeline.base.errors import UserError
 from pipeline.base.files import atomic_write, read_yaml
 from pipeline.base.paths import BUILD_ROOT, TUNING_LOGS
 from pipeline.base.variant import ArtifactKey, Variant
+from pipeline.compile import cost_model
 from pipeline.farm.local import farm_for, runs_here
 from pipeline.farm.tracker import TrackerAddress, registered_boards
 from pipeline.frontend.models import load_model
@@ -69,6 +70,7 @@ def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, 
                 out_dir: Path, log_root: Path = TUNING_LOGS) -> NightlyReport:
     earlier = _history_reports(history)
     previous = earlier[-1] if earlier else None
+    _retrain_cost_models(matrix, log_root)
     results = []
     for key in matrix.entries:
         log.info(f"== {key.id}")
@@ -93,6 +95,32 @@ def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, 
     history.mkdir(parents=True, exist_ok=True)
     atomic_write(history / f"{stamp}.json", report.to_json())
     return report
+
+
+def _retrain_cost_models(matrix: Matrix, log_root: Path) -> None:
+    """Retrain the cost model of each class of the matrix whose logs changed since it was
+    trained (or that has none), so that tuning a new model starts from every committed record."""
+    class_dirs = sorted({logs_for(load_device(key.device), key, log_root).folder.parent
+                         for key in matrix.entries if _is_known_device(key.device)})
+    for class_dir in class_dirs:
+        model = cost_model.shipped(class_dir)
+        if model is not None and cost_model.is_current(model, class_dir):
+            log.info(f"cost model of {class_dir.name}: current ({model.records} records)")
+            continue
+        try:
+            model = cost_model.train(class_dir)
+        except UserError as err:  # too few records: tuning uses a fresh model
+            log.info(f"cost model of {class_dir.name}: not trained: {err}")
+            continue
+        log.info(f"cost model of {class_dir.name}: retrained, {model}")
+
+
+def _is_known_device(name: str) -> bool:
+    try:
+        load_device(name)
+    except UserError:
+        return False
+    return True
 
 
 def _run_entry(key: ArtifactKey, result: EntryResult, tracker: TrackerAddress | None,
