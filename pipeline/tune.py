@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "Logs go to tuning_logs/<device>/<model>-<variant>/ and every measured trial is "
             "written at once: Ctrl-C and re-run to resume. Trials already in the logs count "
-            "toward --trials, so a met budget goes straight to the build.\n\n"
+            "toward --trials, so a met budget goes straight to the build. A tracker that stops "
+            "answering for 60 s ($PIPELINE_TRACKER_GRACE_S) ends the run; re-run to resume.\n\n"
             "examples:\n"
             "  python -m pipeline.tune --device x86-nuc --model efficientnet-lite0\n"
             "  python -m pipeline.tune --device host --model net.onnx --trials 200\n"

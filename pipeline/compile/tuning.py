@@ -221,15 +221,32 @@ def _stopped_by(progress: Progress):
 
 
 TRACKER_GRACE_S = 60.0  # how long the tracker may not answer before tuning gives up
+GRACE_VARIABLE = "PIPELINE_TRACKER_GRACE_S"  # sets it for one run
 TRACKER_CHECK_S = 10.0
 
 
+def tracker_grace_s() -> float:
+    text = os.environ.get(GRACE_VARIABLE, "")
+    if not text:
+        return TRACKER_GRACE_S
+    try:
+        grace = float(text)
+    except ValueError:
+        grace = -1.0
+    if not grace > 0:
+        raise UserError(f"{GRACE_VARIABLE}={text!r} must be a number of seconds above 0, e.g. "
+                        f"{TRACKER_GRACE_S:g} (the default).")
+    return grace
+
+
 def _tracker_watched(tracker: TrackerAddress, folder: Path):
-    """Leave the process if the tracker stops answering for TRACKER_GRACE_S: MetaSchedule's
+    """Leave the process if the tracker stops answering for its grace (TRACKER_GRACE_S, or
+    $PIPELINE_TRACKER_GRACE_S): MetaSchedule's
     runner would retry it for a minute per trial left, hours in all, and no batch that needs
     it can finish. Every trial measured before is in the logs; the embedded farm's watchdog
     stops its boards."""
     silent_since: float | None = None
+    grace_s = tracker_grace_s()
 
     def check() -> None:
         nonlocal silent_since
@@ -238,7 +255,7 @@ def _tracker_watched(tracker: TrackerAddress, folder: Path):
             silent_since = None
         except UserError as err:
             silent_since = silent_since or time.monotonic()
-            if time.monotonic() - silent_since >= TRACKER_GRACE_S:
+            if time.monotonic() - silent_since >= grace_s:
                 log.error(f"error: tuning stopped: {err} Every trial measured before is in "
                           f"{folder}; run the same command again to resume.")
                 logging.shutdown()
