@@ -70,7 +70,7 @@ def cpu_intrinsics_only() -> None:
     intrinsics: the package's own __init__ also parses every CUDA, ROCm and Hexagon intrinsic,
     about 30 s of every tuning process. A stand-in package is put in its place, whose x86 and
     arm_cpu modules (the ones MetaSchedule's own LLVM rules name) are imported as usual; our
-    spaces register their own (pipeline.compile.extensions)."""
+    spaces register their own (Extensions.register_intrinsics)."""
     import importlib
     import importlib.util
     import sys
