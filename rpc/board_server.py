@@ -68,10 +68,26 @@ def main(argv=None):
     host, port = args.tracker.rsplit(":", 1)
     print(f"board {args.name} ({platform.machine()}) serving '{args.key}' on "
           f"{args.host}:{args.port} via tracker {args.tracker}", flush=True)
+    _wait_for_tracker(host, int(port))
     # Returns only by raising when a session crashed (e.g. a kernel used an instruction this
     # CPU lacks): the process then exits non-zero and the farm sees a dead board.
     listen_loop(sock, args.port, args.key, (host, int(port)), None, None)
     return 1
+
+
+def _wait_for_tracker(host: str, port: int, timeout_s: float = 60.0) -> None:
+    """The farm starts boards while its tracker starts; TVM's own connect would retry only every
+    5 s. Past the timeout, TVM's retries and its error take over."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 EDGE_SYSCALL = 0xED6E  # answered by rpc/timing_model.c; ENOSYS for the kernel

@@ -11,9 +11,12 @@ import pytest
 
 from pipeline.artifact.manifest import check_hashes, read_manifest
 from pipeline.artifact.tuning_logs import (
+    best_records,
     check_target,
     count_records,
     file_hashes,
+    open_database,
+    ran,
     record_targets,
     repair,
 )
@@ -58,6 +61,27 @@ def test_host_has_no_logs_of_its_own_and_borrows_a_class_it_runs():
     assert runs_here and folder.parent.name in ("x86-avx512", "x86-nuc")
     (logged,) = record_targets(folder)
     assert json.loads(logged)["mcpu"] == device.target["mcpu"]
+
+
+def test_a_build_gets_each_kernels_best_record_from_the_pruned_database():
+    """A build loads only each workload's best record (the whole database replays ~2000
+    traces); MetaSchedule must answer it the same record, failed runs and ties included."""
+    import tvm_ffi
+
+    from pipeline.base.paths import TUNING_LOGS
+
+    folder = ArtifactKey("x86-avx512", "efficientnet-lite0", Variant.FP32).under(TUNING_LOGS)
+    whole, pruned = open_database(folder), best_records(folder)
+    assert len(pruned) < len(whole) / 10
+    workloads = {tvm_ffi.structural_hash(r.workload.mod): r.workload
+                 for r in whole.get_all_tuning_records()}
+    failed = sum(1 for r in whole.get_all_tuning_records() if not ran(r))
+    assert len(workloads) > 20 and failed > 0
+    for workload in workloads.values():
+        (best,) = whole.get_top_k(workload, 1)
+        (same,) = pruned.get_top_k(pruned.commit_workload(workload.mod), 1)
+        assert str(same.trace) == str(best.trace)
+        assert [float(s) for s in same.run_secs] == [float(s) for s in best.run_secs]
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -113,8 +115,9 @@ def ran(record) -> bool:
 def open_database(folder: Path):
     """The folder's records as MetaSchedule's JSON database, what tuning appends to and a build
     applies (its files are created if missing; `repair` first if a crash may have cut a line
-    short). Loading parses every workload's TIR and replays no schedule, but needs the tensor
-    intrinsics the records name registered (pipeline.compile.extensions)."""
+    short). Loading parses every workload's TIR and replays every record's trace on it, so it
+    needs the tensor intrinsics the records name registered (pipeline.compile.extensions); a
+    build needs only `best_records`."""
     from tvm.s_tir import meta_schedule as ms
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,43 @@ def open_database(folder: Path):
         raise UserError(f"The tuning logs in {folder} cannot be loaded by MetaSchedule "
                         f"({str(err).splitlines()[-1][:300]}). Move that folder aside and tune "
                         f"again, or restore it from version control.") from None
+
+
+def best_records(folder: Path, top_k: int = 1):
+    """The folder's records as a read-only MetaSchedule database holding only the `top_k` best
+    valid records of each workload: what a build applies and `has_valid_records` asks, answered
+    exactly as `open_database` would. Loading a whole database replays every record's trace on
+    its workload (~4 ms a record, 8 s for one model's 2000); this loads a few dozen."""
+    from tvm.s_tir import meta_schedule as ms
+
+    kept: dict[int, list[tuple[float, int, str]]] = {}
+    path = folder / RECORDS
+    for order, line in enumerate(path.read_text().splitlines() if path.exists() else ()):
+        if not line.strip():
+            continue
+        workload, (trace, run_secs, *_) = json.loads(line)
+        ranked = kept.setdefault(workload, [])
+        if _valid(trace, run_secs):
+            # MetaSchedule ranks by mean run time, the earlier of equals first.
+            ranked.append((sum(run_secs) / len(run_secs), order, line))
+    with tempfile.TemporaryDirectory(prefix="best-records-") as scratch:
+        pruned = Path(scratch)
+        shutil.copyfile(folder / WORKLOADS, pruned / WORKLOADS)
+        lines = sorted((r for ranked in kept.values() for r in sorted(ranked)[:top_k]),
+                       key=lambda r: r[1])
+        (pruned / RECORDS).write_text("".join(line + "\n" for *_, line in lines))
+        # Commits would go to the deleted scratch folder and fail: this view is read only.
+        return ms.database.JSONDatabase(path_workload=str(pruned / WORKLOADS),
+                                        path_tuning_record=str(pruned / RECORDS),
+                                        allow_missing=False)
+
+
+def _valid(trace, run_secs) -> bool:
+    """MetaSchedule's TuningRecord.IsValid on the record's JSON: a trace with an instruction
+    before its post-processing, and a run time other than the 1e10 s stub of a failed run."""
+    instructions = trace[0]
+    return (bool(instructions) and instructions[0][0] != "EnterPostproc"
+            and any(s is not None and s != 1e10 for s in run_secs or ()))
 
 
 @contextlib.contextmanager

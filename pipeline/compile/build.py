@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.artifact.tuning_logs import (
+    best_records,
     check_target,
     count_records,
     has_valid_records,
-    open_database,
     transferred,
 )
 from pipeline.base.devices import DeviceConfig
@@ -45,7 +45,7 @@ def build_library(lowered, device: DeviceConfig, log_folder: Path | None,
     database = None
     if log_folder is not None and count_records(log_folder) > 0:
         check_target(log_folder, device.target, device.name)
-        database = open_database(log_folder)
+        database = best_records(log_folder)
         applied = apply_database(lowered, target, database)
     else:
         applied = lowered

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline.artifact.tuning_logs import count_records, logged_target, open_database
+from pipeline.artifact.tuning_logs import best_records, count_records, logged_target
 from pipeline.base.devices import detect_host_target, runs_target
 from pipeline.compile.build import kernel_sources
 from pipeline.compile.extensions import extensions_for
@@ -88,7 +88,7 @@ def compile_for_host(mod, records: Path | None = None, nhwc: bool = True) -> Hos
         return HostModule(tvm.compile(lower(mod, target, nhwc), target=target))
     target = tvm.target.Target(logged)
     extensions_for(target).register_intrinsics()  # the records name them
-    lowered, database = lower(mod, target), open_database(records)
+    lowered, database = lower(mod, target), best_records(records)
     found = sum(1 for source in kernel_sources(lowered, database, {}).values()
                 if source != "default")
     log.info(f"  compiled for {target.attrs.get('mcpu', target.kind.name)} with {found} kernels "

@@ -34,10 +34,12 @@ def lower_with_layout(mod, target, nhwc: bool = True) -> tuple[object, LayoutRep
     import tvm
     from tvm import relax
 
+    from pipeline.frontend.passes import fold_constants
+
     with target:
         mod, layout = convert_layout(mod) if nhwc else (mod, LayoutReport(0, (), (), False))
         return tvm.transform.Sequential([
-            relax.transform.FoldConstant(),
+            fold_constants(),
             *extensions_for(target).relax_passes(),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
@@ -54,10 +56,12 @@ def apply_database(lowered_mod, target, database):
     import tvm
     from tvm import relax
 
+    from pipeline.frontend.passes import fold_constants
+
     extensions_for(target).register_intrinsics()  # the records replay schedules that name them
     with target, database:
         return tvm.transform.Sequential([
             relax.transform.MetaScheduleApplyDatabase(enable_warning=False),
             relax.transform.SplitLayoutRewritePreproc(),
-            relax.transform.FoldConstant(),
+            fold_constants(),
         ])(lowered_mod)

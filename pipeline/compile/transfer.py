@@ -26,6 +26,7 @@ from pipeline.artifact.tuning_logs import (
     FAILED_RUN_SECS,
     RECORDS,
     WORKLOADS,
+    best_records,
     has_valid_records,
     logged_target,
     open_database,
@@ -96,11 +97,12 @@ def transfer(lowered_mod, device: DeviceConfig, folder: Path, sources: list[Path
     extensions.register_intrinsics()  # source records may name them
     for line in repair(folder).dropped:  # a crash may have cut the last record short
         log.warning("moved a corrupt tuning record aside: %s", line)
-    database = open_database(folder)
+    logged = best_records(folder)
     tasks = [t for t in tuning.tunable_tasks(lowered_mod, target)
-             if not has_valid_records(database, t.dispatched[0])]
+             if not has_valid_records(logged, t.dispatched[0])]
     if not tasks:
         return TransferResult((), 0)
+    database = open_database(folder)  # what the measured candidates are committed to
     index = _index_sources(sources, log_root)
     log.info("transfer: %d kernels have no tuning records; looking for schedules of the same "
              "kind in %d other logs (%s)", len(tasks), len(sources),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.artifact.tuning_logs import (
+    best_records,
     check_target,
     count_records,
     exclusive,
@@ -99,7 +100,9 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
     check_target(folder, device.target, device.name)
     before = count_records(folder)
     extracted = tunable_tasks(lowered_mod, device.tvm_target())
-    database = open_database(folder)
+    remaining = trials - before
+    # With the budget met only each kernel's best is asked for, which loads in a fraction.
+    database = open_database(folder) if remaining > 0 else best_records(folder)
     per_task = device.tuning.trials_per_task
     history = {t.task_name: _history(database, t) for t in extracted}
     batch = min(32, per_task)
@@ -107,7 +110,6 @@ def _tune_locked(lowered_mod, device: DeviceConfig, folder: Path, trials: int,
               for t, (count, best) in zip(extracted, history.values(), strict=True)}
     todo = sorted(extracted, key=lambda t: priority(states[t.task_name], per_task, batch))
     first_round = sum(states[t.task_name].trials < per_task for t in extracted)
-    remaining = trials - before
     progress = Progress(extracted, before, trials, folder)
     progress.best.update({name: best for name, (_, best) in history.items() if best is not None})
     if remaining <= 0:

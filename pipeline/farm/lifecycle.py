@@ -102,11 +102,15 @@ class Farm:
         with self._lock:
             fresh = not self._tracker_alive()
             try:
-                self._start_tracker()
+                # Boards start while the tracker does (each is a Python importing TVM, seconds);
+                # a board waits for the tracker's port before it registers.
+                starting_tracker = self._start_tracker()
                 for board in self.inventory.boards:
                     current = self.state.boards.get(board.name)
                     if current is None or current.quarantined or not self._alive(board, current):
                         self._start_board(board, failures=[])
+                if starting_tracker:
+                    self._await_tracker()
             except BaseException:
                 if fresh:  # leave nothing half-started behind
                     self.down()
@@ -145,7 +149,7 @@ class Farm:
                                 f"at {self.address} within {timeout_s:.0f} s; see their logs "
                                 f"({self.state_dir}) and `python -m rpc.farm status`.")
             self.heal()
-            time.sleep(1.0)
+            time.sleep(0.25)
 
     # -- health ----------------------------------------------------------------------------
 
@@ -223,10 +227,11 @@ class Farm:
         return bool(self.state.tracker_pid) and local_alive(self.state.tracker_pid,
                                                              self.state.tracker_started)
 
-    def _start_tracker(self) -> None:
+    def _start_tracker(self) -> bool:
+        """Spawn the tracker unless it runs; True when it was spawned (`_await_tracker` next)."""
         cfg = self.inventory.tracker
         if self._tracker_alive():
-            return
+            return False
         if cfg.host not in LOOPBACK:
             log.warning(_OPEN_WARNING.format(what="the tracker", where=f"{cfg.host}:{cfg.port}"))
         port = cfg.port or free_port()
@@ -238,14 +243,17 @@ class Farm:
         pid = spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", cfg.host,
                       "--port", str(port), "--port-end", str(port + 1), "--silent"],
                      self.state_dir / "tracker.log")
+        self.state.tracker_pid, self.state.tracker_port = pid, port
+        self.state.tracker_started = start_time(pid)
+        return True
+
+    def _await_tracker(self) -> None:
+        cfg, port, pid = self.inventory.tracker, self.state.tracker_port, self.state.tracker_pid
         try:
             wait_for_port(self.address.host, port, timeout_s=30)
         except TimeoutError:
-            kill_group(pid, start_time(pid))
             raise UserError(f"The tracker did not start on {cfg.host}:{port} (port in use?); see "
                             f"{self.state_dir / 'tracker.log'}.") from None
-        self.state.tracker_pid, self.state.tracker_port = pid, port
-        self.state.tracker_started = start_time(pid)
         log.info(f"tracker on {cfg.host}:{port}, pid {pid}")
 
     def _start_board(self, board: Board, failures: list[float]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
@@ -133,15 +134,77 @@ class UnstackReductions:
         return rewrite_call(pattern, rewrite, func)
 
 
+# Operations whose float results numpy rounds exactly as TVM's compiled kernels do (IEEE add,
+# subtract, multiply, divide and square root are correctly rounded; the rest only move data).
+_NUMPY_ELEMENTWISE = {"relax.add": np.add, "relax.subtract": np.subtract,
+                      "relax.multiply": np.multiply, "relax.divide": np.divide,
+                      "relax.sqrt": np.sqrt}
+_NUMPY_RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten"}
+
+
+@relax.expr_functor.mutator
+class _NumpyConstantFolder(relax.PyExprMutator):
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        if name not in _NUMPY_ELEMENTWISE and name not in _NUMPY_RESHAPES | {"relax.permute_dims"}:
+            return call
+        out = call.ty
+        if not (hasattr(out, "shape") and out.shape is not None
+                and all(isinstance(d, tvm.tirx.IntImm) for d in out.shape)):
+            return call
+        data = [self._constant_value(arg) for arg in call.args]
+        if data[0] is None or (name in _NUMPY_ELEMENTWISE and any(d is None for d in data)):
+            return call
+        shape, dtype = tuple(int(d) for d in out.shape), str(out.dtype)
+        if name in _NUMPY_ELEMENTWISE:
+            value = _NUMPY_ELEMENTWISE[name](*(np.asarray(d, dtype) for d in data))
+        elif name == "relax.permute_dims":
+            axes = call.attrs.axes
+            value = np.transpose(data[0], None if axes is None else [int(a) for a in axes])
+        else:
+            value = data[0].reshape(shape)
+        if value.shape != shape:
+            return call
+        return relax.const(np.ascontiguousarray(value, dtype), dtype)
+
+    def _constant_value(self, arg):
+        if isinstance(arg, relax.Var):
+            arg = self.lookup_binding(arg)
+        if isinstance(arg, tvm.tirx.FloatImm | tvm.tirx.IntImm):  # a scalar operand
+            return np.asarray(arg.value, str(arg.ty))
+        if isinstance(arg, tvm.ir.expr.Constant):
+            return arg.value.numpy()
+        return None
+
+
+@relax.transform.function_pass(opt_level=0)
+class FoldConstantsWithNumpy:
+    """Pre-compute arithmetic and reshapes of constants in numpy, bit for bit what FoldConstant
+    gets.
+
+    FoldConstant compiles every call it folds as a kernel of its own through LLVM: ~35 ms
+    each, 14 s for the ~400 operations that batch-norm folding leaves in EfficientNet-Lite0.
+    """
+
+    def transform_function(self, func, mod, ctx):
+        return _NumpyConstantFolder(mod).visit_expr(func)
+
+
+def fold_constants() -> tvm.transform.Pass:
+    """FoldConstant, with the calls numpy computes exactly done first."""
+    return tvm.transform.Sequential([FoldConstantsWithNumpy(), relax.transform.FoldConstant()])
+
+
 def fold_inference_constants() -> tvm.transform.Pass:
     """Fold batch-norm into the preceding convolution and pads into convolutions; rewrite clips
     and stacked reductions into forms the NHWC layout conversion follows."""
     return tvm.transform.Sequential([
-        relax.transform.FoldConstant(),
+        fold_constants(),
         relax.transform.FoldBatchnormToConv2D(),
         FoldPadIntoConv2D(),
         ClipToMinMax(),
         UnstackReductions(),
         DropIdentityBroadcasts(),
-        relax.transform.FoldConstant(),
+        fold_constants(),
     ])

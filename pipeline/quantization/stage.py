@@ -30,6 +30,7 @@ from pipeline.base.variant import Variant
 from pipeline.compile.host import compile_for_host
 from pipeline.frontend.importer import ImportedModel
 from pipeline.frontend.models import LoadedModel
+from pipeline.frontend.passes import fold_constants
 from pipeline.quantization.calibration import calibrate
 from pipeline.quantization.datasets import (
     CALIBRATION_SEED,
@@ -187,7 +188,7 @@ def apply_fp16(mod):
 
     return tvm.transform.Sequential([
         relax.transform.ToMixedPrecision(out_dtype="float16"),
-        relax.transform.FoldConstant(),
+        fold_constants(),
     ])(mod)
 
 
