@@ -1,17 +1,17 @@
 """Models nobody has tuned, on this machine, side by side in one run: TVM untuned, TVM with
 schedules transferred from the class's committed logs (no tuning), and ONNX Runtime.
 
-    python bench/transfer.py [--models mobilenet-v2,resnet-18] [--device host]
-                             [--without efficientnet-lite0] [--runs 100]
+    python bench/transfer.py [--models mobilenet-v2,resnet-18]
+                             [--device host] [--runs 100] [--own-process]
 
-Each model is built twice with `pipeline.build` (no tuning; verified on a board of the class):
-with --no-transfer, and with transfer from every other committed log of the class. With
---without M the logs of model M are set aside (leave-one-out: M itself can then be one of the
-models, its transferred build next to its tuned one). ONNX Runtime runs the faster of the plain
-and the simplified torch.onnx export, with as many threads as the artifacts were verified with.
-Prints per model the latencies, the ratios to ONNX Runtime and how many kernels were
-transferred; with --own-process each runtime is also timed alone in a process of its own
-(interleaved, ONNX Runtime's spinning worker threads take CPU from whichever runs next).
+Each model is built with `pipeline.build` (no tuning; verified on a board of the class) from a
+copy of the committed logs with the model's own set aside (leave-one-out): with --no-transfer,
+and with transfer from the other models' logs of the class. A model with logs of its own is
+also built from them, the `tuned` column next to its transferred one. ONNX Runtime runs the
+faster of the plain and the simplified torch.onnx export, with as many threads as the artifacts
+were verified with. Prints per model the latencies, the ratios to ONNX Runtime and how many
+kernels were transferred; with --own-process each runtime is also timed alone in a process of
+its own (interleaved, ONNX Runtime's spinning worker threads take CPU from whichever runs next).
 """
 
 from __future__ import annotations
@@ -65,16 +65,15 @@ def _alone(kind: str, path: Path | str, threads: int, x_file: Path) -> float:
     return float(done.stdout.split()[-1])
 
 
-def _logs_without(model: str | None, scratch: Path) -> Path:
-    """The committed logs, or a copy of them with every folder of `model` set aside."""
-    logs = ROOT / "tuning_logs"
-    if model is None:
-        return logs
-    copy = scratch / "logs"
-    shutil.copytree(logs, copy, ignore=shutil.ignore_patterns(".lock"))
-    for folder in copy.glob(f"*/{model}-*"):
+def _logs_without(model: str, scratch: Path) -> tuple[Path, bool]:
+    """A copy of the committed logs with every folder of `model` set aside, and whether there
+    was one."""
+    copy = scratch / f"logs-without-{model}"
+    shutil.copytree(ROOT / "tuning_logs", copy, ignore=shutil.ignore_patterns(".lock"))
+    own = list(copy.glob(f"*/{model}-*"))
+    for folder in own:
         shutil.rmtree(folder)
-    return copy
+    return copy, bool(own)
 
 
 def _build(device: str, model: str, logs: Path, out: Path, transfer: bool) -> float:
@@ -87,12 +86,19 @@ def _build(device: str, model: str, logs: Path, out: Path, transfer: bool) -> fl
     return time.monotonic() - start
 
 
+def _cells(figures: dict[str, float], ort: float) -> str:
+    """Latencies (untuned, transferred, tuned where built, ORT), then each over ORT."""
+    labels = ("untuned", "transferred", "tuned")
+    ms = " ".join(f"{figures[k]:9.2f}" if k in figures else f"{'-':>9s}" for k in labels)
+    ratios = " ".join(f"{figures[k] / ort:11.2f}x" if k in figures else f"{'-':>12s}"
+                      for k in labels)
+    return f"{ms} {ort:8.2f} {ratios}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mobilenet-v2,resnet-18")
     parser.add_argument("--device", default="host")
-    parser.add_argument("--without", metavar="MODEL",
-                        help="set this model's committed logs aside (leave-one-out)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--own-process", action="store_true",
                         help="also time each runtime alone in a process of its own")
@@ -107,14 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as scratch_name:
         scratch = Path(scratch_name)
-        logs = _logs_without(args.without, scratch)
         for name in args.models.split(","):
             model = load_model(name)
             x = model.sample_input()
+            logs, has_own = _logs_without(name, scratch)
+            builds = [("untuned", logs, False), ("transferred", logs, True)]
+            if has_own:
+                builds.append(("tuned", ROOT / "tuning_logs", True))
             built = {}
-            for label, transfer in (("untuned", False), ("transferred", True)):
+            for label, label_logs, transfer in builds:
                 out = scratch / f"{name}-{label}"
-                seconds = _build(args.device, name, logs, out, transfer)
+                seconds = _build(args.device, name, label_logs, out, transfer)
                 built[label] = (out, read_manifest(out), seconds)
             threads = built["transferred"][1].verification.threads or 1
             plain, lean = export_onnx(model, x, scratch_name)
@@ -142,21 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                                    for path in (plain, lean))
             kernels = built["transferred"][1].tuning.kernels
             moved = sum(1 for k in kernels.values() if k.startswith("transferred"))
-            rows.append((name, threads, timings["untuned"], timings["transferred"], ort, moved,
-                         len(kernels), built["transferred"][2], alone))
-    print(f"\n{args.device}, logs {'without ' + args.without if args.without else 'as committed'}"
-          f" (best of 3 interleaved medians, ms)")
-    print(f"{'model':18s} {'thr':>3s} {'untuned':>9s} {'transfer':>9s} {'ORT':>8s} "
-          f"{'untuned/ORT':>11s} {'transfer/ORT':>12s} {'kernels':>9s} {'build s':>8s}")
-    for name, threads, untuned, moved_ms, ort, moved, total, seconds, alone in rows:
-        print(f"{name:18s} {threads:3d} {untuned:9.2f} {moved_ms:9.2f} {ort:8.2f} "
-              f"{untuned / ort:10.2f}x {moved_ms / ort:11.2f}x {moved:4d}/{total:<4d} "
+            rows.append((name, threads, timings, ort, moved, len(kernels),
+                         built["transferred"][2], alone))
+    print(f"\n{args.device}, each model's own logs set aside (best of 3 interleaved medians, ms;"
+          f" tuned: built from its own committed logs)")
+    print(f"{'model':18s} {'thr':>3s} {'untuned':>9s} {'transfer':>9s} {'tuned':>9s} {'ORT':>8s} "
+          f"{'untuned/ORT':>12s} {'transfer/ORT':>12s} {'tuned/ORT':>12s} {'kernels':>9s} "
+          f"{'build s':>8s}")
+    for name, threads, timings, ort, moved, total, seconds, alone in rows:
+        print(f"{name:18s} {threads:3d} {_cells(timings, ort)} {moved:4d}/{total:<4d} "
               f"{seconds:8.0f}")
         if alone:
-            print(f"{'  alone':18s} {threads:3d} {alone['untuned']:9.2f} "
-                  f"{alone['transferred']:9.2f} {alone['ort']:8.2f} "
-                  f"{alone['untuned'] / alone['ort']:10.2f}x "
-                  f"{alone['transferred'] / alone['ort']:11.2f}x")
+            print(f"{'  alone':18s} {threads:3d} {_cells(alone, alone['ort'])}")
     return 0
 
 
