@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"building the {mode} logs failed")
             threads = min(os.cpu_count() or 1, 2)
             latency[mode] = _alone("tvm", out / "lib.so", threads, scratch / "x.npy")
+            print(f"== {mode}: built from its logs, {latency[mode]:.2f} ms alone", flush=True)
         plain, lean = export_onnx(model, model.sample_input(), scratch_name)
         ort = min(_alone("ort", path, threads, scratch / "x.npy") for path in (plain, lean))
     marks = [m for m in (1, 2, 3, 5, 7.5, 10, 15, 20, 30) if m <= args.minutes] + [args.minutes]
