@@ -4,18 +4,20 @@ For each entry of the matrix (models x device classes x precisions): build with 
 verify on a board of the class when the farm has one (else say why not), compare the library
 byte for byte with the released artifact (and name the input that differs), and compare latency
 and accuracy with the previous night. Writes report.json and report.html (plots: latency over
-nights, tuning curves) and exits 1 on a reproducibility break, a regression or a failed entry.
-One failing entry does not stop the others."""
+nights, tuning curves, the tuning-minutes runs the matrix names) and exits 1 on a
+reproducibility break, a regression or a failed entry. One failing entry does not stop the
+others."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from pipeline.base.paths import ARTIFACTS, NIGHTLY_MATRIX, TUNING_LOGS
 from pipeline.cli import run_main, tracker
-from pipeline.job.nightly_job import NIGHTLY_ROOT, Matrix, load_matrix, run_nightly
+from pipeline.job.nightly_job import NIGHTLY_ROOT, load_matrix, run_nightly
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Exit status: 0 all good; 1 a reproducibility break, a regression above the "
                "threshold, or a failed entry (the others still run); 2 bad input.")
     parser.add_argument("--matrix", type=Path, default=NIGHTLY_MATRIX,
-                        help="matrix YAML (default: pipeline/nightly.yaml)")
+                        help="matrix YAML: entries, regression_threshold, tuning_minutes "
+                             "(bench/tuning_curve.py --json files to plot, relative to the "
+                             "matrix; default: pipeline/nightly.yaml)")
     parser.add_argument("--tracker", metavar="HOST:PORT",
                         help="farm to verify on; classes it has no board for are built but not "
                              "verified (default: an embedded board per class)")
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         matrix = load_matrix(args.matrix)
         if args.threshold is not None:
-            matrix = Matrix(matrix.entries, args.threshold)
+            matrix = dataclasses.replace(matrix, regression_threshold=args.threshold)
         report = run_nightly(matrix, tracker(args), args.releases, args.history, args.out,
                              args.logs)
         for entry in report.entries:

@@ -133,3 +133,52 @@ def test_a_modeled_latency_is_never_compared_with_a_measured_one():
     result = EntryResult("arm-a53/m-fp32", timing=modeled, latency_ms=50.0)
     _compare_with_previous(result, night(modeled, 10.0), 0.1)
     assert result.previous_latency_ms == 10.0 and "latency regression" in result.problems[0]
+
+
+def _tuning_minutes_run(onnxruntime_ms=18.0):
+    return {"schema": "edge-tvm-pipeline/tuning-minutes", "schema_version": 1,
+            "model": "resnet-18", "device": "host", "minutes": 30.0,
+            "started": "2026-12-04T21:06:44+00:00", "machine": "AMD EPYC (znver4), 2 cores",
+            "command": "python3 bench/tuning_curve.py --minutes 30 --json r.json",
+            "onnxruntime_ms": onnxruntime_ms,
+            "modes": {"cold": {"curve": [], "built_ms": 2100.5},
+                      "trained": {"curve": [[4.5, 20.5], [6.0, 19.0], [12.0, 19.5]],
+                                  "built_ms": 19.25}}}
+
+
+def test_the_matrix_names_tuning_minutes_runs_and_the_report_plots_them(tmp_path):
+    from pipeline.base.errors import UserError
+    from pipeline.job.report import NightlyReport, render_html
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.json").write_text(json.dumps(_tuning_minutes_run()))
+    matrix_file = tmp_path / "m.yaml"
+    entries = [{"model": "tiny-cnn", "device": "host"}]
+    matrix_file.write_text(yaml.safe_dump({"entries": entries,
+                                           "tuning_minutes": ["results/run.json"]}))
+    (run,) = nightly.load_matrix(matrix_file).tuning_minutes
+    assert [m.mode for m in run.modes] == ["cold", "trained"]
+    assert run.modes[1].curve == ((4.5, 20.5), (6.0, 19.0), (12.0, 19.5))
+
+    report = NightlyReport("2026-12-05T00:00:00", 0.1, None, (), 0, (run,))
+    assert NightlyReport.from_dict(json.loads(report.to_json())) == report  # the history reads it
+    page = render_html(report, [])
+    assert page.count("<svg") == 3 and "resnet-18 on host" in page
+    # matplotlib writes each text it draws as a comment beside its glyph paths
+    for text in ["trained: built 19.25 ms", "cold: built 2100.50 ms", "ONNX Runtime 18.00 ms",
+                 "trained (estimate)", "minutes of pipeline.tune"]:
+        assert text in page, text
+    assert "cold (estimate)" not in page  # a mode with no estimate draws only its built level
+
+    for name, content, message in [("none.json", None, "none.json, which cannot be read"),
+                                   ("bad.json", {"model": "m"}, "not a file of bench/tuning_cur")]:
+        if content is not None:
+            (tmp_path / name).write_text(json.dumps(content))
+        matrix_file.write_text(yaml.safe_dump({"entries": entries, "tuning_minutes": [name]}))
+        with pytest.raises(UserError, match=message):
+            nightly.load_matrix(matrix_file)
+
+
+def test_the_shipped_matrix_loads():
+    matrix = nightly.load_matrix(REPO / "pipeline" / "nightly.yaml")
+    assert matrix.entries and all(run.modes for run in matrix.tuning_minutes)

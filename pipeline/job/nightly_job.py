@@ -30,7 +30,13 @@ from pipeline.farm.tracker import TrackerAddress, registered_boards
 from pipeline.frontend.models import load_model
 from pipeline.job.build_job import JobSpec, logs_for, run_job
 from pipeline.job.provenance import input_differences
-from pipeline.job.report import REPORT_SCHEMA, EntryResult, NightlyReport, write_report
+from pipeline.job.report import (
+    REPORT_SCHEMA,
+    EntryResult,
+    NightlyReport,
+    TuningMinutes,
+    write_report,
+)
 from pipeline.quantization.stage import QuantizeOptions
 
 log = logging.getLogger(__name__)
@@ -42,14 +48,16 @@ NIGHTLY_ROOT = BUILD_ROOT / "nightly"
 class Matrix:
     entries: tuple[ArtifactKey, ...]  # int8/fp16 are quantized with the default options
     regression_threshold: float = 0.10  # allowed relative latency increase over last night
+    tuning_minutes: tuple[TuningMinutes, ...] = ()  # bench/tuning_curve.py runs to plot
 
 
 def load_matrix(path: Path) -> Matrix:
     where = str(path)
     raw = read_yaml(path, "nightly matrix")
-    if not isinstance(raw, dict) or set(raw) - {"entries", "regression_threshold"}:
+    if not isinstance(raw, dict) or set(raw) - {"entries", "regression_threshold",
+                                                "tuning_minutes"}:
         raise UserError(f"{where}: expected keys 'entries' and optionally "
-                        f"'regression_threshold'.")
+                        f"'regression_threshold' and 'tuning_minutes'.")
     entries = []
     for i, item in enumerate(raw.get("entries") or []):
         if not isinstance(item, dict) or set(item) - {"model", "device", "variant"} or \
@@ -63,7 +71,21 @@ def load_matrix(path: Path) -> Matrix:
     threshold = raw.get("regression_threshold", 0.10)
     if not isinstance(threshold, (int, float)) or threshold < 0:
         raise UserError(f"{where}: regression_threshold must be a number >= 0, e.g. 0.1.")
-    return Matrix(tuple(entries), float(threshold))
+    return Matrix(tuple(entries), float(threshold),
+                  tuple(_tuning_minutes(path.parent / str(name), where)
+                        for name in raw.get("tuning_minutes") or ()))
+
+
+def _tuning_minutes(path: Path, where: str) -> TuningMinutes:
+    try:
+        return TuningMinutes.from_dict(json.loads(path.read_text()))
+    except OSError as err:
+        raise UserError(f"{where}: tuning_minutes names {path}, which cannot be read ({err}); "
+                        f"give paths relative to the matrix file, written by "
+                        f"`python3 bench/tuning_curve.py --json FILE`.") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{where}: tuning_minutes file {path} is not a file of "
+                        f"bench/tuning_curve.py --json ({type(err).__name__}: {err}).") from err
 
 
 def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, history: Path,
@@ -88,7 +110,7 @@ def run_nightly(matrix: Matrix, tracker: TrackerAddress | None, releases: Path, 
     failed = any(r.status != "ok" for r in results)
     report = NightlyReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            matrix.regression_threshold, str(tracker) if tracker else None,
-                           tuple(results), 1 if failed else 0)
+                           tuple(results), 1 if failed else 0, matrix.tuning_minutes)
     write_report(report, earlier, out_dir)
     stamp = report.started.replace(":", "").replace("+0000", "Z")
     stamp = f"{stamp}-{len(earlier):04d}"  # two runs in one second

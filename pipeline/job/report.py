@@ -1,6 +1,7 @@
 """The nightly report: its typed form (report.json, one per night in the history) and its
-self-contained HTML page: a summary table, latency per device and model over the nights, and
-tuning curves; plots are inline SVG (no network, no extra files)."""
+self-contained HTML page: a summary table, latency per device and model over the nights,
+tuning curves, and the tuning-minutes curves of a model with no logs of its own (the runs of
+bench/tuning_curve.py the matrix names); plots are inline SVG (no network, no extra files)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 from pipeline.base.files import atomic_write
 
 REPORT_SCHEMA = "edge-tvm-pipeline/nightly-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: tuning_minutes; version 1 reports (the history) still read
+TUNING_MINUTES_SCHEMA = "edge-tvm-pipeline/tuning-minutes"
 
 
 @dataclass
@@ -39,12 +41,48 @@ class EntryResult:
 
 
 @dataclass(frozen=True)
+class ModeCurve:
+    mode: str  # cold | transfer | trained
+    curve: tuple[tuple[float, float], ...]  # (minutes, estimated model latency ms)
+    built_ms: float  # the library built from the mode's logs, timed alone
+
+
+@dataclass(frozen=True)
+class TuningMinutes:
+    """One run of bench/tuning_curve.py: a model with no logs of its own, tuned for the same
+    minutes cold, with transfer, and with transfer + the class's trained cost model."""
+    model: str
+    device: str
+    minutes: float
+    machine: str
+    started: str
+    command: str
+    onnxruntime_ms: float | None  # None: the run stopped before timing ONNX Runtime
+    modes: tuple[ModeCurve, ...]
+
+    @staticmethod
+    def from_dict(raw: dict) -> TuningMinutes:
+        if raw.get("schema") not in (None, TUNING_MINUTES_SCHEMA):
+            raise ValueError(f"schema {raw.get('schema')!r} is not {TUNING_MINUTES_SCHEMA}")
+        modes = raw["modes"]
+        if isinstance(modes, dict):  # bench/tuning_curve.py's file: keyed by mode
+            modes = [{"mode": name, **value} for name, value in modes.items()]
+        return TuningMinutes(
+            str(raw["model"]), str(raw["device"]), float(raw["minutes"]), str(raw["machine"]),
+            str(raw["started"]), str(raw["command"]),
+            None if raw["onnxruntime_ms"] is None else float(raw["onnxruntime_ms"]),
+            tuple(ModeCurve(str(m["mode"]), tuple((float(t), float(ms)) for t, ms in m["curve"]),
+                            float(m["built_ms"])) for m in modes))
+
+
+@dataclass(frozen=True)
 class NightlyReport:
     started: str  # ISO time, UTC
     regression_threshold: float
     tracker: str | None  # None: embedded boards
     entries: tuple[EntryResult, ...]
     exit_code: int
+    tuning_minutes: tuple[TuningMinutes, ...] = ()
     schema: str = REPORT_SCHEMA
     schema_version: int = REPORT_VERSION
 
@@ -60,8 +98,10 @@ class NightlyReport:
         entries = tuple(EntryResult(**{k: v for k, v in e.items() if k in known})
                         for e in raw["entries"])
         return NightlyReport(raw["started"], float(raw["regression_threshold"]), raw["tracker"],
-                             entries, int(raw["exit_code"]), raw["schema"],
-                             int(raw["schema_version"]))
+                             entries, int(raw["exit_code"]),
+                             tuple(TuningMinutes.from_dict(t)
+                                   for t in raw.get("tuning_minutes", ())),
+                             raw["schema"], int(raw["schema_version"]))
 
 
 
@@ -101,6 +141,7 @@ Emulated boards check outputs only: their timings are not performance figures.</
 {_latency_plot(nights)}</figure>
 <figure><figcaption>Tuning curves: sum of the best kernel times after each trial</figcaption>
 {_tuning_plot(report)}</figure>
+{"".join(_minutes_figure(run) for run in report.tuning_minutes)}
 </div></body></html>
 """
 
@@ -151,6 +192,36 @@ def _tuning_plot(report: NightlyReport) -> str:
     if drawn:
         ax.set_yscale("log")
     return _svg(fig, ax, drawn, "no tuning records (untuned builds)")
+
+
+def _minutes_figure(run: TuningMinutes) -> str:
+    """Best estimated latency so far against tuning minutes, one line per mode; each mode's
+    built library and ONNX Runtime (timed alone at the end of the run) as dashed levels."""
+    fig, ax = _figure()
+    for i, mode in enumerate(run.modes):
+        color = f"C{i}"
+        if mode.curve:
+            best, points = float("inf"), []
+            for minute, ms in mode.curve:
+                best = min(best, ms)
+                points.append((minute, best))
+            points.append((run.minutes, best))
+            ax.step([p[0] for p in points], [p[1] for p in points], where="post", color=color,
+                    label=f"{mode.mode} (estimate)")
+        ax.axhline(mode.built_ms, color=color, linestyle="--", linewidth=1,
+                   label=f"{mode.mode}: built {mode.built_ms:.2f} ms")
+    if run.onnxruntime_ms is not None:
+        ax.axhline(run.onnxruntime_ms, color="black", linestyle=":",
+                   label=f"ONNX Runtime {run.onnxruntime_ms:.2f} ms")
+    ax.set_xlim(0, run.minutes)
+    ax.set_xlabel("minutes of pipeline.tune (transfer included)")
+    ax.set_ylabel("model latency (ms)")
+    ax.set_yscale("log")
+    esc = html.escape
+    return (f"<figure><figcaption>Tuning minutes, {esc(run.model)} on {esc(run.device)} (no logs "
+            f"of its own): {esc(run.machine)}, {esc(run.started[:10])}; "
+            f"<code>{esc(run.command)}</code></figcaption>\n"
+            f"{_svg(fig, ax, bool(run.modes), 'no mode finished')}</figure>\n")
 
 
 def _figure():
