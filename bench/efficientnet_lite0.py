@@ -56,17 +56,22 @@ def tvm_runner(artifact: Path, x: np.ndarray):
 
 
 def export_onnx(model, x: np.ndarray, folder: str) -> tuple[str, str]:
-    """torch.onnx's export, and the same simplified for this input shape (onnxsim)."""
+    """torch.onnx's export (an ONNX model's own file), and the same simplified for this input
+    shape (onnxsim)."""
     import onnx
     import onnxsim
-    import torch
 
-    plain = os.path.join(folder, "efficientnet-lite0.onnx")
-    torch.onnx.export(model.torch_module, (torch.from_numpy(x),), plain, input_names=["input"],
-                      dynamo=False, opset_version=17)
+    if model.torch_module is None:
+        plain = str(model.onnx_path)
+    else:
+        import torch
+
+        plain = os.path.join(folder, f"{model.name}.onnx")
+        torch.onnx.export(model.torch_module, (torch.from_numpy(x),), plain,
+                          input_names=["input"], dynamo=False, opset_version=17)
     simplified, ok = onnxsim.simplify(onnx.load(plain))
     assert ok, "onnxsim could not check its simplification"
-    lean = os.path.join(folder, "efficientnet-lite0-simplified.onnx")
+    lean = os.path.join(folder, f"{model.name}-simplified.onnx")
     onnx.save(simplified, lean)
     return plain, lean
 
@@ -79,7 +84,8 @@ def ort_runner(path: str, x: np.ndarray, threads: int):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"input": x})[0]
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})[0]
 
 
 def openvino_available() -> bool:

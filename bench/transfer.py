@@ -1,14 +1,16 @@
 """Models nobody has tuned, on this machine, side by side in one run: TVM untuned, TVM with
 schedules transferred from the class's committed logs (no tuning), and ONNX Runtime.
 
-    python bench/transfer.py [--models mobilenet-v2,resnet-18]
+    python bench/transfer.py [--models mobilenet-v2,resnet-18,FILE.onnx]
                              [--device host] [--runs 100] [--own-process]
 
 Each model is built with `pipeline.build` (no tuning; verified on a board of the class) from a
 copy of the committed logs with the model's own set aside (leave-one-out): with --no-transfer,
 and with transfer from the other models' logs of the class. A model with logs of its own is
 also built from them, the `tuned` column next to its transferred one. ONNX Runtime runs the
-faster of the plain and the simplified torch.onnx export, with as many threads as the artifacts
+faster of the plain and the simplified torch.onnx export (for an .onnx model: the file itself
+and its simplification; bench/unseen_onnx.py writes some the project has never seen), with as
+many threads as the artifacts
 were verified with. Prints per model the latencies, the ratios to ONNX Runtime and how many
 kernels were transferred; with --own-process each runtime is also timed alone in a process of
 its own (interleaved, ONNX Runtime's spinning worker threads take CPU from whichever runs next).
@@ -44,7 +46,8 @@ else:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    run = lambda: session.run(None, {"input": x})
+    name = session.get_inputs()[0].name
+    run = lambda: session.run(None, {name: x})
 start = time.perf_counter(); run(); once = time.perf_counter() - start
 runs = max(5, min(200, int(seconds / max(once, 1e-6))))
 for _ in range(min(10, runs)):
@@ -116,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             model = load_model(name)
             x = model.sample_input()
-            logs, has_own = _logs_without(name, scratch)
+            logs, has_own = _logs_without(model.name, scratch)
             builds = [("untuned", logs, False), ("transferred", logs, True)]
             if has_own:
                 builds.append(("tuned", ROOT / "tuning_logs", True))
             built = {}
             for label, label_logs, transfer in builds:
-                out = scratch / f"{name}-{label}"
+                out = scratch / f"{model.name}-{label}"
                 seconds = _build(args.device, name, label_logs, out, transfer)
                 built[label] = (out, read_manifest(out), seconds)
             # Another class's logs of this model (x86-avx512's for an x86-nuc build) are not its
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                    for path in (plain, lean))
             kernels = built["transferred"][1].tuning.kernels
             moved = sum(1 for k in kernels.values() if k.startswith("transferred"))
-            rows.append((name, threads, timings, ort, moved, len(kernels),
+            rows.append((model.name, threads, timings, ort, moved, len(kernels),
                          built["transferred"][2], alone))
     print(f"\n{args.device}, each model's own logs set aside (best of 3 interleaved medians, ms;"
           f" tuned: built from its own committed logs)")
