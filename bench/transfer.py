@@ -10,10 +10,10 @@ and with transfer from the other models' logs of the class. A model with logs of
 also built from them, the `tuned` column next to its transferred one. ONNX Runtime runs the
 faster of the plain and the simplified torch.onnx export (for an .onnx model: the file itself
 and its simplification; bench/unseen_onnx.py writes some the project has never seen), with as
-many threads as the artifacts
-were verified with. Prints per model the latencies, the ratios to ONNX Runtime and how many
-kernels were transferred; with --own-process each runtime is also timed alone in a process of
-its own (interleaved, ONNX Runtime's spinning worker threads take CPU from whichever runs next).
+many threads as the artifacts were verified with. Prints per model the latencies, the ratios to
+ONNX Runtime and how many kernels were transferred; with --own-process each runtime is also
+timed alone in a process of its own (interleaved, ONNX Runtime's spinning worker threads take
+CPU from whichever runs next).
 """
 
 from __future__ import annotations
